@@ -1,0 +1,43 @@
+# The README's commands. Everything a fresh machine needs (virtualenv, packages, Kafka jars) is set up
+# by the targets themselves; the only prerequisites are Python 3.9+, Java 17+ and Maven.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+GENERATE_ARGS ?= --rate 50
+
+.PHONY: run test test-fast bench kafka-up kafka-down generate clean setup
+
+run: setup
+	$(PY) -m local_kafka demo
+
+test: setup
+	$(PY) -m pytest
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow"
+
+bench: setup
+	$(PY) bench/benchmark.py
+
+kafka-up: setup
+	$(PY) -m local_kafka up
+
+kafka-down: $(INSTALLED)
+	$(PY) -m local_kafka down
+
+generate: setup
+	$(PY) -m local_kafka.generator $(GENERATE_ARGS)
+
+clean: $(INSTALLED)
+	$(PY) -m local_kafka down
+	rm -rf .local/kafka
+
+setup: $(INSTALLED)
+	$(PY) -m local_kafka jars
+
+$(INSTALLED): requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
+	touch $@

@@ -1,0 +1,96 @@
+"""python -m local_kafka ACTION: the local input and output clusters behind the Makefile.
+
+  jars    resolve the Kafka jars (once; `make` runs it as part of set-up)
+  up      start both clusters and create their topics (`make kafka-up`)
+  down    stop both clusters; their data stays (`make kafka-down`)
+  status  say which clusters run
+  demo    up, a generator in the background, and the processor in the foreground (`make run`);
+          Ctrl+C stops the processor, then everything demo started
+"""
+
+import argparse
+import logging
+import signal
+import subprocess
+import sys
+import time
+
+from local_kafka import brokers
+
+DEMO_RATE = 30  # events/s: an insights block every few seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m local_kafka", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=("jars", "up", "down", "status", "demo"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # The launcher reports broker trouble itself; the client's retry chatter during start-up is noise.
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    clusters = brokers.default_clusters()
+    try:
+        if args.action == "jars":
+            brokers.java_executable()
+            brokers.kafka_classpath()
+        elif args.action == "up":
+            up(clusters)
+        elif args.action == "down":
+            for cluster in clusters:
+                print(f"{cluster.name} cluster {'stopped' if brokers.stop(cluster) else 'was not running'}")
+        elif args.action == "status":
+            for cluster in clusters:
+                pid = brokers.running_pid(cluster)
+                print(f"{cluster.name} cluster at {cluster.bootstrap}: {f'running (pid {pid})' if pid else 'stopped'}")
+        else:
+            return demo(clusters)
+    except brokers.SetupError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def up(clusters: tuple[brokers.Cluster, ...]) -> list[brokers.Cluster]:
+    began = time.monotonic()
+    started = brokers.up(clusters)
+    for cluster in clusters:
+        state = "started" if cluster in started else "already running"
+        print(f"{cluster.name} cluster {state} at {cluster.bootstrap}, topics: {', '.join(cluster.topics)}")
+    print(f"ready in {time.monotonic() - began:.1f} s")
+    return started
+
+
+def demo(clusters: tuple[brokers.Cluster, ...]) -> int:
+    started = up(clusters)
+    generator_log = brokers.STATE_DIR / "generator.log"
+    with generator_log.open("ab") as log_output:
+        generator = subprocess.Popen(
+            [sys.executable, "-m", "local_kafka.generator", "--rate", str(DEMO_RATE),
+             "--bootstrap-servers", clusters[0].bootstrap],
+            stdin=subprocess.DEVNULL, stdout=log_output, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    print(f"generator sending {DEMO_RATE} events/s to user-login (log: {generator_log}); Ctrl+C stops", flush=True)
+    # The processor shares our terminal, so Ctrl+C reaches it directly; we only wait for it to finish.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        processor = subprocess.Popen(
+            [sys.executable, str(brokers.PROJECT_DIR / "kafka_consumer_processor.py")],
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+        signal.signal(signal.SIGTERM, lambda *_: processor.terminate())
+        exit_code = processor.wait()
+    finally:
+        generator.terminate()
+        try:
+            generator.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            generator.kill()
+            generator.wait()
+        brokers.down(tuple(started))
+        if started:
+            print("stopped the generator and the brokers this run started")
+    return exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,333 @@
+"""Start and stop real single-node Apache Kafka clusters (KRaft, combined broker and controller).
+
+The jars come from ``$KAFKA_HOME/libs`` when KAFKA_HOME points at an unpacked Apache Kafka
+distribution, otherwise from Maven Central through ``pom.xml`` beside this file, resolved once into
+``.local/kafka-libs`` and reused. Each cluster keeps its data, configuration, log and pid file in
+its own folder, so data survives a stop and start, and a stopped launcher can find a running broker.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kafka import KafkaAdminClient
+from kafka.errors import KafkaConfigurationError, KafkaError
+
+log = logging.getLogger(__name__)
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+PROJECT_DIR = PACKAGE_DIR.parent
+STATE_DIR = PROJECT_DIR / ".local"
+LIBS_DIR = STATE_DIR / "kafka-libs"
+DATA_DIR = STATE_DIR / "kafka"
+POM = PACKAGE_DIR / "pom.xml"
+
+# Two brokers share a 2-core machine with the processor and the tests: small heaps, short GC pauses.
+JVM_OPTIONS = (
+    "-Xms128m",
+    "-Xmx512m",
+    "-XX:+UseG1GC",
+    "-XX:MaxGCPauseMillis=20",
+    "-XX:+ExitOnOutOfMemoryError",
+    "-Djava.awt.headless=true",
+    f"-Dlog4j2.configurationFile={PACKAGE_DIR / 'log4j2.properties'}",
+)
+MIN_JAVA = 17
+
+
+class SetupError(Exception):
+    """A prerequisite is missing or a broker failed to start; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """One single-node KRaft cluster: where it listens, where it keeps its state, which topics it holds."""
+
+    name: str
+    port: int
+    controller_port: int
+    data_dir: Path
+    topics: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.data_dir / "broker.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "broker.log"
+
+    @property
+    def config_file(self) -> Path:
+        return self.data_dir / "server.properties"
+
+    @property
+    def log_dirs(self) -> Path:
+        return self.data_dir / "logs"
+
+    def server_properties(self) -> str:
+        settings = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
+            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str(self.log_dirs),
+            "num.partitions": "3",
+            # Topics are created on purpose, so a typo in a topic name fails instead of making a new one.
+            "auto.create.topics.enable": "false",
+            # Single node: every internal topic has one replica; fewer offset partitions start faster.
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "3",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            # A new consumer group forms at once instead of after the default 3 s wait.
+            "group.initial.rebalance.delay.ms": "0",
+            "num.network.threads": "2",
+            "num.io.threads": "2",
+            "log.retention.hours": "24",
+            "log.segment.bytes": str(64 * 1024 * 1024),
+        }
+        return "".join(f"{key}={value}\n" for key, value in settings.items())
+
+
+@dataclass(frozen=True)
+class Pair:
+    """The input cluster the processor reads from and the output cluster it writes to."""
+
+    input: Cluster
+    output: Cluster
+
+    @property
+    def clusters(self) -> tuple[Cluster, Cluster]:
+        return (self.input, self.output)
+
+
+def default_clusters(data_dir: Path = DATA_DIR) -> tuple[Cluster, Cluster]:
+    """The input and output clusters at the addresses the Docker Compose setup exposes too."""
+    return (
+        Cluster("input", 29092, 29192, data_dir / "input", {"user-login": 3}),
+        Cluster("output", 29093, 29193, data_dir / "output", {"processed-logins": 3, "user-login-dlq": 3}),
+    )
+
+
+def ephemeral_clusters(data_dir: Path) -> tuple[Cluster, Cluster]:
+    """An input and an output cluster on free ports, for tests."""
+    input_ports, output_ports = free_ports(2), free_ports(2)
+    return (
+        Cluster("input", *input_ports, data_dir / "input", {"user-login": 3}),
+        Cluster("output", *output_ports, data_dir / "output", {"processed-logins": 3, "user-login-dlq": 3}),
+    )
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def java_executable() -> str:
+    java = shutil.which("java")
+    if java is None:
+        raise SetupError(f"java not found on PATH: install Java {MIN_JAVA} or newer")
+    version = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30).stderr
+    # The first line reads like: openjdk version "17.0.15" 2025-04-15 (or "1.8.0_392" before Java 9).
+    quoted = version.split('"')[1] if '"' in version else "0"
+    major = int(quoted.split(".")[1] if quoted.startswith("1.") else quoted.split(".")[0].split("-")[0])
+    if major < MIN_JAVA:
+        raise SetupError(f"java {quoted} found; Apache Kafka 4 needs Java {MIN_JAVA} or newer")
+    return java
+
+
+def kafka_classpath() -> str:
+    """The broker's classpath: KAFKA_HOME's jars, or Maven's, resolved once per version of pom.xml."""
+    home = os.environ.get("KAFKA_HOME")
+    if home:
+        libs = Path(home) / "libs"
+        if not libs.is_dir():
+            raise SetupError(f"KAFKA_HOME={home} has no libs folder: point it at an unpacked Apache Kafka")
+        return f"{libs}/*"
+    stamp = LIBS_DIR / ".pom-sha256"
+    digest = hashlib.sha256(POM.read_bytes()).hexdigest()
+    if not (stamp.exists() and stamp.read_text() == digest):
+        _resolve_with_maven(digest)
+    return f"{LIBS_DIR}/*"
+
+
+def _resolve_with_maven(digest: str) -> None:
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise SetupError("mvn not found on PATH: install Maven, or set KAFKA_HOME to an unpacked Apache Kafka")
+    staging = LIBS_DIR.with_name(LIBS_DIR.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    log.info("resolving Apache Kafka jars with Maven (once)")
+    result = subprocess.run(
+        [mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
+         f"-DoutputDirectory={staging}", "-DincludeScope=runtime"],
+        capture_output=True, text=True, timeout=900,
+    )
+    if result.returncode != 0:
+        lines = [line for line in (result.stdout + result.stderr).splitlines() if "ERROR" in line]
+        raise SetupError(f"Maven could not resolve Apache Kafka: {(lines or ['exit code %d' % result.returncode])[0]}")
+    (staging / ".pom-sha256").write_text(digest)
+    shutil.rmtree(LIBS_DIR, ignore_errors=True)
+    staging.rename(LIBS_DIR)
+
+
+def running_pid(cluster: Cluster) -> int | None:
+    """The pid of this cluster's broker if one is running, judged by its pid file and command line."""
+    try:
+        pid = int(cluster.pid_file.read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    # A recycled pid belongs to some other program; only a broker started on this config counts.
+    if b"kafka.Kafka" in cmdline and str(cluster.config_file).encode() in cmdline and _alive(pid):
+        return pid
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        if os.waitpid(pid, os.WNOHANG) != (0, 0):
+            return False
+    except ChildProcessError:
+        pass  # not our child: ask the kernel instead
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def start(cluster: Cluster, java: str, classpath: str) -> bool:
+    """Start the broker in the background unless it runs already; True when this call started it."""
+    if running_pid(cluster) is not None:
+        return False
+    cluster.data_dir.mkdir(parents=True, exist_ok=True)
+    cluster.config_file.write_text(cluster.server_properties())
+    command = [java, *JVM_OPTIONS, "-cp", classpath]
+    if not (cluster.log_dirs / "meta.properties").exists():
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        result = subprocess.run(
+            [*command, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(cluster.config_file)],
+            capture_output=True, text=True, timeout=120,
+        )
+        if result.returncode != 0:
+            raise SetupError(f"formatting the {cluster.name} cluster failed: {result.stderr.strip()[-300:]}")
+    with cluster.log_file.open("ab") as log_output:
+        process = subprocess.Popen(
+            [*command, "kafka.Kafka", str(cluster.config_file)],
+            stdin=subprocess.DEVNULL, stdout=log_output, stderr=subprocess.STDOUT,
+            # Its own session: a Ctrl+C meant for the processor must not kill the broker under it.
+            start_new_session=True,
+        )
+    cluster.pid_file.write_text(str(process.pid))
+    # Until the child has exec'd java, its command line is ours and running_pid would not know it.
+    deadline = time.monotonic() + 10
+    while running_pid(cluster) is None and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return True
+
+
+def wait_ready(cluster: Cluster, timeout: float = 120.0) -> None:
+    """Return once the broker answers a metadata request; raise SetupError if it dies or times out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if running_pid(cluster) is None:
+            raise SetupError(f"the {cluster.name} broker exited during start-up: see {cluster.log_file}")
+        try:
+            with _admin(cluster, timeout_ms=2000) as admin:
+                admin.list_topics()
+            return
+        except KafkaConfigurationError:
+            raise
+        except KafkaError:
+            time.sleep(0.2)
+    raise SetupError(f"the {cluster.name} broker did not answer within {timeout:.0f} s: see {cluster.log_file}")
+
+
+def ensure_topics(cluster: Cluster) -> None:
+    """Create the cluster's topics that do not exist yet; existing ones are left as they are."""
+    with _admin(cluster, timeout_ms=10000) as admin:
+        existing = set(admin.list_topics())
+        missing = {name: {"num_partitions": partitions, "replication_factor": 1}
+                   for name, partitions in cluster.topics.items() if name not in existing}
+        if missing:
+            admin.create_topics(missing, timeout_ms=30000, wait_for_metadata=True)
+
+
+def stop(cluster: Cluster, timeout: float = 60.0) -> bool:
+    """Stop the broker (SIGTERM, then SIGKILL after timeout); True when one was running."""
+    pid = running_pid(cluster)
+    if pid is None:
+        cluster.pid_file.unlink(missing_ok=True)
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            log.warning("the %s broker ignored SIGTERM for %.0f s; killing it", cluster.name, timeout)
+            os.kill(pid, signal.SIGKILL)
+            deadline = float("inf")
+        time.sleep(0.1)
+    cluster.pid_file.unlink(missing_ok=True)
+    return True
+
+
+def _admin(cluster: Cluster, timeout_ms: int) -> KafkaAdminClient:
+    return KafkaAdminClient(
+        bootstrap_servers=cluster.bootstrap,
+        request_timeout_ms=timeout_ms,
+        bootstrap_timeout_ms=timeout_ms,
+        client_id=f"local-kafka-{cluster.name}",
+    )
+
+
+def up(clusters: tuple[Cluster, ...], timeout: float = 120.0) -> list[Cluster]:
+    """Start every cluster not yet running, wait until all answer, create their topics.
+
+    Returns the clusters this call started, so a caller stops only what it started. Brokers are
+    started together and waited for after, so two JVMs warm up side by side.
+    """
+    java, classpath = java_executable(), kafka_classpath()
+    started = [cluster for cluster in clusters if start(cluster, java, classpath)]
+    try:
+        for cluster in clusters:
+            wait_ready(cluster, timeout)
+            ensure_topics(cluster)
+    except BaseException:
+        for cluster in started:
+            stop(cluster)
+        raise
+    return started
+
+
+def down(clusters: tuple[Cluster, ...]) -> None:
+    for cluster in clusters:
+        stop(cluster)

@@ -1,0 +1,18 @@
+"""Shared fixtures: one pair of real Apache Kafka clusters per test session, on free ports."""
+
+from __future__ import annotations
+
+import pytest
+
+from local_kafka import brokers
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory) -> brokers.Pair:
+    """Input and output clusters, started once for the session and always stopped after it."""
+    pair = brokers.Pair(*brokers.ephemeral_clusters(tmp_path_factory.mktemp("kafka")))
+    brokers.up(pair.clusters)
+    try:
+        yield pair
+    finally:
+        brokers.down(pair.clusters)

@@ -1,0 +1,60 @@
+"""The local Kafka launcher: real brokers start, hold their topics, keep data across restarts, stop."""
+
+import os
+import subprocess
+import sys
+
+from kafka import KafkaConsumer, TopicPartition
+
+from local_kafka import brokers
+from tests.kafka_helpers import partition_counts, produce, read_all
+
+
+def test_both_clusters_answer_and_hold_their_topics_with_three_partitions(kafka):
+    assert partition_counts(kafka.input.bootstrap).items() >= {"user-login": 3}.items()
+    assert partition_counts(kafka.output.bootstrap).items() >= {"processed-logins": 3, "user-login-dlq": 3}.items()
+
+
+def test_the_clusters_are_independent(kafka):
+    assert "processed-logins" not in partition_counts(kafka.input.bootstrap)
+    assert "user-login" not in partition_counts(kafka.output.bootstrap)
+
+
+def test_a_restart_keeps_data_and_a_stop_leaves_no_process(tmp_path):
+    (cluster,) = [brokers.Cluster("restart", *brokers.free_ports(2), tmp_path / "restart", {"kept": 1})]
+    brokers.up((cluster,))
+    try:
+        produce(cluster.bootstrap, "kept", [b"one", b"two", b"three"])
+        pid = brokers.running_pid(cluster)
+        assert brokers.stop(cluster)
+        assert brokers.running_pid(cluster) is None
+        assert not os.path.exists(f"/proc/{pid}")
+
+        assert brokers.up((cluster,)) == [cluster]
+        assert [record.value for record in read_all(cluster.bootstrap, "kept")] == [b"one", b"two", b"three"]
+    finally:
+        brokers.down((cluster,))
+    assert brokers.running_pid(cluster) is None
+
+
+def test_up_is_idempotent_and_starts_nothing_already_running(kafka):
+    assert brokers.up(kafka.clusters) == []
+
+
+def test_a_missing_java_stops_with_one_clear_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "local_kafka", "jars"],
+        env={**os.environ, "PATH": str(tmp_path)}, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == ["error: java not found on PATH: install Java 17 or newer"]
+
+
+def test_a_kafka_home_without_libs_stops_with_one_clear_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "local_kafka", "jars"],
+        env={**os.environ, "KAFKA_HOME": str(tmp_path)}, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 1
+    assert "has no libs folder" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
