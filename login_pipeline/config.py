@@ -1,0 +1,175 @@
+"""The processor's configuration: environment and `.env` (python-dotenv), overridden by CLI flags.
+
+Everything is validated here, before any connection is made: a bad value stops the program with
+one line naming the setting (exit code 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from dotenv import load_dotenv
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+MIN_PII_KEY_BYTES = 16
+# Kafka's own rule for topic names (and, here, for consumer group names too).
+_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_SERVER = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; str() is the one line shown to the user."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    env: str
+    default: str | None
+    help: str
+    secret: bool = False
+
+
+SETTINGS = (
+    Setting("INPUT_BOOTSTRAP_SERVERS", "localhost:29092", "input cluster, host:port[,host:port...]"),
+    Setting("OUTPUT_BOOTSTRAP_SERVERS", "localhost:29093", "output cluster, host:port[,host:port...]"),
+    Setting("INPUT_TOPIC", "user-login", "topic to consume login events from"),
+    Setting("OUTPUT_TOPIC", "processed-logins", "topic for processed events (output cluster)"),
+    Setting("DLQ_TOPIC", "user-login-dlq", "dead-letter topic for rejected events (output cluster)"),
+    Setting("CONSUMER_GROUP", "login-processor", "consumer group; processes in one group share partitions"),
+    Setting("PII_HASH_KEY", None, f"HMAC-SHA-256 key for ip and device_id, at least {MIN_PII_KEY_BYTES} bytes; "
+            "unset: a random key per process (hashes then differ between runs)", secret=True),
+    Setting("INSIGHTS_EVERY", "100", "print insights every N messages"),
+    Setting("BATCH_SIZE", "2000", "most records polled, produced and committed as one batch"),
+    Setting("SECURITY_PROTOCOL", "PLAINTEXT", f"both clusters: one of {', '.join(SECURITY_PROTOCOLS)}"),
+    Setting("SASL_MECHANISM", None, f"with SASL_*: one of {', '.join(SASL_MECHANISMS)}"),
+    Setting("SASL_USERNAME", None, "with SASL_*: user name"),
+    Setting("SASL_PASSWORD", None, "with SASL_*: password", secret=True),
+    Setting("SSL_CAFILE", None, "with SSL or SASL_SSL: CA certificate file (PEM) to verify the brokers"),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    input_bootstrap_servers: tuple[str, ...]
+    output_bootstrap_servers: tuple[str, ...]
+    input_topic: str
+    output_topic: str
+    dlq_topic: str
+    consumer_group: str
+    pii_hash_key: bytes | None
+    insights_every: int
+    batch_size: int
+    security_protocol: str
+    sasl_mechanism: str | None
+    sasl_username: str | None
+    sasl_password: str | None
+    ssl_cafile: str | None
+
+    def client_security(self) -> dict[str, str]:
+        """kafka-python settings that let a client reach a secured cluster; empty for PLAINTEXT."""
+        settings = {"security_protocol": self.security_protocol}
+        if self.security_protocol.startswith("SASL"):
+            settings.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=self.sasl_username,
+                            sasl_plain_password=self.sasl_password)
+        if self.ssl_cafile:
+            settings["ssl_cafile"] = self.ssl_cafile
+        return settings
+
+    def __repr__(self) -> str:  # secrets stay out of logs and tracebacks
+        shown = {f.name: ("***" if f.name in ("pii_hash_key", "sasl_password") and getattr(self, f.name)
+                          else getattr(self, f.name)) for f in fields(self)}
+        return f"Config({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
+
+def argument_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Each flag overrides the environment variable of the same name, which overrides .env.",
+    )
+    for setting in SETTINGS:
+        default = "unset" if setting.default is None else setting.default
+        parser.add_argument(f"--{setting.env.lower().replace('_', '-')}", dest=setting.env, metavar="VALUE",
+                            help=f"{setting.help} [env {setting.env}, default {'hidden' if setting.secret else default}]")
+    parser.add_argument("--env-file", default=".env", metavar="PATH", help="dotenv file to read (default .env)")
+    return parser
+
+
+def load(argv: list[str] | None, description: str, environ: dict[str, str] | None = None) -> Config:
+    """Parse flags, read the dotenv file into the environment (never over it), validate everything."""
+    args = argument_parser(description).parse_args(argv)
+    if environ is None:
+        load_dotenv(Path(args.env_file), override=False)
+        environ = dict(os.environ)
+    raw = {s.env: _pick(getattr(args, s.env), environ.get(s.env), s.default) for s in SETTINGS}
+    return validate(raw)
+
+
+def _pick(flag: str | None, env: str | None, default: str | None) -> str | None:
+    for value in (flag, env):
+        if value is not None and value.strip() != "":
+            return value.strip()
+    return default
+
+
+def validate(raw: dict[str, str | None]) -> Config:
+    protocol = raw["SECURITY_PROTOCOL"].upper()
+    if protocol not in SECURITY_PROTOCOLS:
+        raise ConfigError(f"SECURITY_PROTOCOL={raw['SECURITY_PROTOCOL']!r} is not one of {', '.join(SECURITY_PROTOCOLS)}")
+    mechanism = raw["SASL_MECHANISM"].upper() if raw["SASL_MECHANISM"] else None
+    if protocol.startswith("SASL"):
+        if mechanism not in SASL_MECHANISMS:
+            raise ConfigError(f"SASL_MECHANISM must be one of {', '.join(SASL_MECHANISMS)} with {protocol}")
+        for name in ("SASL_USERNAME", "SASL_PASSWORD"):
+            if not raw[name]:
+                raise ConfigError(f"{name} is required with SECURITY_PROTOCOL={protocol}")
+    if raw["SSL_CAFILE"] and not Path(raw["SSL_CAFILE"]).is_file():
+        raise ConfigError(f"SSL_CAFILE={raw['SSL_CAFILE']!r} is not a readable file")
+
+    topics = {name: raw[name] for name in ("INPUT_TOPIC", "OUTPUT_TOPIC", "DLQ_TOPIC", "CONSUMER_GROUP")}
+    for name, value in topics.items():
+        if not _TOPIC.match(value):
+            raise ConfigError(f"{name}={value!r} must be 1-249 letters, digits, '.', '_' or '-'")
+    if topics["OUTPUT_TOPIC"] == topics["DLQ_TOPIC"]:
+        raise ConfigError("OUTPUT_TOPIC and DLQ_TOPIC must differ, or rejects would pass for results")
+
+    key = raw["PII_HASH_KEY"]
+    if key is not None and len(key.encode()) < MIN_PII_KEY_BYTES:
+        raise ConfigError(f"PII_HASH_KEY must be at least {MIN_PII_KEY_BYTES} bytes; "
+                          "generate one with: python -c 'import secrets; print(secrets.token_hex(32))'")
+
+    return Config(
+        input_bootstrap_servers=_servers("INPUT_BOOTSTRAP_SERVERS", raw["INPUT_BOOTSTRAP_SERVERS"]),
+        output_bootstrap_servers=_servers("OUTPUT_BOOTSTRAP_SERVERS", raw["OUTPUT_BOOTSTRAP_SERVERS"]),
+        input_topic=topics["INPUT_TOPIC"],
+        output_topic=topics["OUTPUT_TOPIC"],
+        dlq_topic=topics["DLQ_TOPIC"],
+        consumer_group=topics["CONSUMER_GROUP"],
+        pii_hash_key=key.encode() if key is not None else None,
+        insights_every=_positive_int("INSIGHTS_EVERY", raw["INSIGHTS_EVERY"]),
+        batch_size=_positive_int("BATCH_SIZE", raw["BATCH_SIZE"]),
+        security_protocol=protocol,
+        sasl_mechanism=mechanism,
+        sasl_username=raw["SASL_USERNAME"],
+        sasl_password=raw["SASL_PASSWORD"],
+        ssl_cafile=raw["SSL_CAFILE"],
+    )
+
+
+def _servers(name: str, value: str) -> tuple[str, ...]:
+    servers = tuple(part.strip() for part in value.split(","))
+    for server in servers:
+        match = _SERVER.match(server)
+        if not match or not 0 < int(match.group(2)) < 65536:
+            raise ConfigError(f"{name}={value!r}: {server!r} is not host:port")
+    return servers
+
+
+def _positive_int(name: str, value: str) -> int:
+    if not value.isdigit() or int(value) == 0:
+        raise ConfigError(f"{name}={value!r} must be a whole number above 0")
+    return int(value)

@@ -1,0 +1,91 @@
+"""Running insights over every processed message, in memory that does not grow with users or uptime."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from datetime import datetime, timezone
+
+from login_pipeline.results import ProcessedLogin, ProcessingResult
+from login_pipeline.sketches import HyperLogLog, LogHistogram, MinuteCounts, SpaceSaving
+
+TOP_N = 5
+
+
+class Insights:
+    """Counts, heavy hitters, distinct users, logins per minute and event delay, rendered as a text block."""
+
+    def __init__(self, clock=time.monotonic) -> None:
+        self._clock = clock
+        self._started = self._last_render = clock()
+        self._processed_at_last_render = 0
+        self.processed = 0
+        self.valid = 0
+        self.repaired = 0
+        self.rejected: Counter[str] = Counter()  # by reason: a handful of keys, never one per user
+        self._users = HyperLogLog()
+        self._device_types = SpaceSaving()
+        self._locales = SpaceSaving()
+        self._app_versions = SpaceSaving()
+        self._per_minute = MinuteCounts()
+        self._delay = LogHistogram()
+
+    def observe(self, result: ProcessingResult) -> None:
+        self.processed += 1
+        if not isinstance(result, ProcessedLogin):
+            self.rejected[result.reason] += 1
+            return
+        record = result.record
+        self.valid += 1
+        if record["repaired_fields"]:
+            self.repaired += 1
+        self._users.add(record["user_id"])
+        self._device_types.add(record["device_type"])
+        self._locales.add(record["locale"])
+        self._app_versions.add(record["app_version"])
+        self._per_minute.add(record["login_ts"])
+        self._delay.add(max(record["event_delay_s"], 0.0))
+
+    def render(self, lag: int | None) -> str:
+        now = self._clock()
+        recent = (self.processed - self._processed_at_last_render) / max(now - self._last_render, 1e-9)
+        overall = self.processed / max(now - self._started, 1e-9)
+        self._last_render, self._processed_at_last_render = now, self.processed
+        rejected = ", ".join(f"{reason} {count:,}" for reason, count in sorted(self.rejected.items())) or "none"
+        p50, p95 = self._delay.quantile(0.50), self._delay.quantile(0.95)
+        lines = [
+            f"── insights: {self.processed:,} messages, up {_duration(now - self._started)} " + "─" * 20,
+            f"processed {self.processed:,}   valid {self.valid:,} ({_share(self.valid, self.processed)})"
+            f"   repaired {self.repaired:,}   rejected {sum(self.rejected.values()):,}: {rejected}",
+            f"throughput    {recent:,.0f} msg/s now, {overall:,.0f} msg/s overall"
+            f"   consumer lag {'unknown' if lag is None else f'{lag:,}'}",
+            f"users         ~{self._users.count():,} distinct",
+            f"device types  {_top(self._device_types)}",
+            f"locales       {_top(self._locales)}",
+            f"app versions  {_top(self._app_versions)}",
+            "logins/min    " + ("  ".join(
+                f"{datetime.fromtimestamp(minute, timezone.utc):%H:%M} {count:,}"
+                for minute, count in self._per_minute.newest(TOP_N)) or "-"),
+            f"event delay   p50 {_duration(p50)}   p95 {_duration(p95)}",
+        ]
+        return "\n".join(lines)
+
+
+def _top(sketch: SpaceSaving) -> str:
+    return "  ".join(f"{item} {_share(count, sketch.total)}" for item, count in sketch.top(TOP_N)) or "-"
+
+
+def _share(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.1f}%" if whole else "-"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -1,0 +1,33 @@
+"""What process_message returns: a login ready for the output topic, or the reason it was rejected."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Union
+
+# Rejection reasons, as they appear in the dead-letter header dlq.reason (the README lists them).
+MALFORMED_JSON = "malformed_json"
+MISSING_REQUIRED_FIELD = "missing_required_field"
+INVALID_FIELD = "invalid_field"
+PROCESSING_ERROR = "processing_error"  # process_message raised: a bug, never a property of the input
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessedLogin:
+    """A valid, repaired, enriched and masked login: `record` as a dict and as the bytes to send."""
+
+    key: bytes
+    value: bytes
+    record: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why a message cannot be used. `field` names the field at fault, or is None for the whole message."""
+
+    reason: str
+    field: str | None
+    message: str
+
+
+ProcessingResult = Union[ProcessedLogin, Rejection]

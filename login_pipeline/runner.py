@@ -1,0 +1,256 @@
+"""The run loop: poll → process → produce → commit. The one place that talks to Kafka.
+
+Contract of `Pipeline.run`:
+- Every input message yields exactly one record: the processed login on the output topic, or the
+  original key and value bytes on the dead-letter topic. Both carry source.topic, source.partition
+  and source.offset headers, so downstream can deduplicate on them.
+- Ordering: within an input partition, records are produced in offset order.
+- Commits: a batch's offsets are committed only after the output cluster has acknowledged (acks=all,
+  idempotent producer) every record produced from that batch. Nothing is auto-committed. So a crash
+  can repeat the uncommitted batch (at-least-once), never skip it.
+- Rebalances: a batch is processed, flushed and committed before the next poll, and partitions are
+  only revoked inside poll, so nothing consumed from a revoked partition is ever left pending.
+- Output failures: a batch whose delivery fails is never committed; the consumer rewinds to the
+  batch's first offsets and retries with capped exponential backoff until the output cluster is back.
+- Stop: the first SIGINT/SIGTERM finishes the batch in hand, flushes, commits, prints the final
+  insights and leaves the group (exit 0). A second one exits at once, committing nothing more.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Callable, TextIO
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import CommitFailedError, KafkaError
+from kafka.structs import OffsetAndMetadata
+
+from login_pipeline.config import Config
+from login_pipeline.insights import Insights
+from login_pipeline.results import PROCESSING_ERROR, ProcessedLogin, ProcessingResult, Rejection
+
+log = logging.getLogger(__name__)
+
+Process = Callable[[bytes, float], ProcessingResult]
+
+POLL_TIMEOUT_MS = 500
+DELIVERY_TIMEOUT_MS = 60_000
+FLUSH_TIMEOUT_S = DELIVERY_TIMEOUT_MS / 1000 + 30
+MAX_BACKOFF_S = 30.0
+STARTUP_TIMEOUT_MS = 15_000
+
+
+class StartupError(Exception):
+    """The clusters or topics are not usable; str() is the one line shown to the user."""
+
+
+class StopRequest:
+    """SIGINT/SIGTERM once: stop after the batch in hand. Twice: exit at once (nothing more committed)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def install(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, _frame) -> None:
+        if self.requested:
+            os._exit(128 + signum)
+        self.requested = True
+        log.info("%s: finishing the current batch, then stopping (again to exit at once)", signal.Signals(signum).name)
+
+    def sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.requested and time.monotonic() < deadline:
+            time.sleep(min(0.1, max(deadline - time.monotonic(), 0)))
+
+
+class Pipeline:
+    def __init__(self, config: Config, process: Process, stop: StopRequest, out: TextIO = sys.stdout) -> None:
+        self._config = config
+        self._process = process
+        self._stop = stop
+        self._out = out
+        self.insights = Insights()
+        self._output_topic = config.output_topic
+        self._dlq_topic = config.dlq_topic
+        self._uncommitted: dict[TopicPartition, OffsetAndMetadata] = {}
+        self._positions: dict[TopicPartition, int] = {}
+        self._consumer, self._producer = self._connect()
+
+    def _connect(self) -> tuple[KafkaConsumer, KafkaProducer]:
+        config = self._config
+        security = config.client_security()
+        _check_topics("input", config.input_bootstrap_servers, security, [config.input_topic])
+        _check_topics("output", config.output_bootstrap_servers, security, [config.output_topic, config.dlq_topic])
+        consumer = KafkaConsumer(
+            bootstrap_servers=list(config.input_bootstrap_servers),
+            group_id=config.consumer_group,
+            client_id="login-processor",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",  # a new group starts at the beginning: nothing is skipped
+            max_poll_records=config.batch_size,
+            **security,
+        )
+        producer = KafkaProducer(
+            bootstrap_servers=list(config.output_bootstrap_servers),
+            client_id="login-processor",
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+            batch_size=256 * 1024,
+            delivery_timeout_ms=DELIVERY_TIMEOUT_MS,
+            max_block_ms=30_000,
+            **security,
+        )
+        consumer.subscribe([config.input_topic])
+        return consumer, producer
+
+    def run(self) -> int:
+        """Process until stopped; returns the exit code (0: stopped cleanly with everything committed)."""
+        config = self._config
+        log.info("consuming %s from %s as group %s; output %s, dead letters %s on %s",
+                 config.input_topic, ",".join(config.input_bootstrap_servers), config.consumer_group,
+                 config.output_topic, config.dlq_topic, ",".join(config.output_bootstrap_servers))
+        every = config.insights_every
+        blocks_printed = 0
+        failures = 0
+        try:
+            while not self._stop.requested:
+                batch = self._consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
+                if not batch:
+                    continue
+                if self._deliver(batch):
+                    failures = 0
+                    self._commit()
+                else:
+                    failures += 1
+                    self._rewind(batch)
+                    backoff = min(MAX_BACKOFF_S, 0.5 * 2**failures)
+                    log.error("the output cluster did not acknowledge a batch; nothing committed past it, "
+                              "retrying it in %.1f s (attempt %d)", backoff, failures + 1)
+                    self._stop.sleep(backoff)
+                # At most one block per batch, so draining a backlog does not flood the terminal.
+                if self.insights.processed // every > blocks_printed:
+                    blocks_printed = self.insights.processed // every
+                    self._print_insights()
+        finally:
+            self._commit()
+            self._print_insights(final=True)
+            self._consumer.close(autocommit=False, timeout_ms=10_000)
+            self._producer.close(timeout=10)
+        if failures:
+            log.error("stopped with an undelivered batch; it was not committed and will be processed on restart")
+            return 1
+        return 0
+
+    def _deliver(self, batch: dict[TopicPartition, list]) -> bool:
+        """Process and produce every message of the batch; True once the output cluster acknowledged all."""
+        processed_at = time.time()
+        process, send, observe = self._process, self._producer.send, self.insights.observe
+        output_topic, dlq_topic = self._output_topic, self._dlq_topic
+        futures = []
+        results = []
+        try:
+            for tp, messages in batch.items():
+                source = (("source.topic", tp.topic.encode()), ("source.partition", str(tp.partition).encode()))
+                for message in messages:
+                    headers = [*source, ("source.offset", str(message.offset).encode())]
+                    try:
+                        result = process(message.value if message.value is not None else b"", processed_at)
+                    except Exception as error:
+                        # A bug in process_message must not stall the partition: park the message instead.
+                        log.exception("process_message raised %s at %s:%d offset %d; sent to the dead-letter topic",
+                                      type(error).__name__, tp.topic, tp.partition, message.offset)
+                        result = Rejection(PROCESSING_ERROR, None, f"{type(error).__name__}: {error}")
+                    if result.__class__ is ProcessedLogin:
+                        futures.append(send(output_topic, value=result.value, key=result.key, headers=headers))
+                    else:
+                        headers.append(("dlq.reason", result.reason.encode()))
+                        if result.field is not None:
+                            headers.append(("dlq.field", result.field.encode()))
+                        headers.append(("dlq.error", result.message.encode()))
+                        futures.append(send(dlq_topic, value=message.value, key=message.key, headers=headers))
+                    results.append(result)
+            self._producer.flush(timeout=FLUSH_TIMEOUT_S)
+        except KafkaError as error:
+            log.error("producing to the output cluster failed: %s", type(error).__name__)
+            return False
+        failed = [future.exception for future in futures if not future.succeeded()]
+        if failed:
+            log.error("%d of %d records were not delivered: %s", len(failed), len(futures), failed[0])
+            return False
+        # Insights count a message once, when its batch is delivered, however often it was retried.
+        for result in results:
+            observe(result)
+        for tp, messages in batch.items():
+            next_offset = messages[-1].offset + 1
+            self._uncommitted[tp] = OffsetAndMetadata(next_offset, "", -1)
+            self._positions[tp] = next_offset
+        return True
+
+    def _commit(self) -> None:
+        """Commit every delivered offset; a failure keeps them for the next try (duplicates, never loss)."""
+        if not self._uncommitted:
+            return
+        offsets = self._uncommitted
+        try:
+            self._consumer.commit(offsets=offsets, timeout_ms=30_000)
+            self._uncommitted = {}
+        except CommitFailedError:
+            # The group rebalanced away from us; the new owner resumes from the last committed offsets.
+            log.warning("commit rejected after a rebalance; the new owner will repeat %d partitions' last batch",
+                        len(offsets))
+            self._uncommitted = {}
+        except KafkaError as error:
+            log.warning("commit failed (%s); will retry with the next batch", type(error).__name__)
+
+    def _rewind(self, batch: dict[TopicPartition, list]) -> None:
+        for tp, messages in batch.items():
+            if tp in self._consumer.assignment():
+                self._consumer.seek(tp, messages[0].offset)
+
+    def _lag(self) -> int | None:
+        lags = []
+        for tp in self._consumer.assignment():
+            highwater, position = self._consumer.highwater(tp), self._positions.get(tp)
+            if highwater is None or position is None:
+                return None
+            lags.append(max(highwater - position, 0))
+        return sum(lags) if lags else None
+
+    def _print_insights(self, final: bool = False) -> None:
+        block = self.insights.render(self._lag())
+        if final:
+            block = block.replace("── insights:", "── final insights:", 1)
+        print(block, file=self._out, flush=True)
+
+
+def _check_topics(name: str, servers: tuple[str, ...], security: dict, topics: list[str]) -> None:
+    """Fail fast, with one line, when a cluster is unreachable or lacks a topic the pipeline needs."""
+    try:
+        with KafkaAdminClient(bootstrap_servers=list(servers), bootstrap_timeout_ms=STARTUP_TIMEOUT_MS,
+                              request_timeout_ms=STARTUP_TIMEOUT_MS, **security) as admin:
+            existing = set(admin.list_topics())
+    except KafkaError as error:
+        raise StartupError(f"cannot reach the {name} cluster at {','.join(servers)} ({type(error).__name__})") from None
+    for topic in topics:
+        if topic not in existing:
+            raise StartupError(f"topic {topic!r} does not exist on the {name} cluster at {','.join(servers)}")
+
+
+def main(config: Config, process: Process) -> int:
+    """Run the pipeline with signal handling; startup problems become one line and exit code 1."""
+    stop = StopRequest()
+    stop.install()
+    try:
+        pipeline = Pipeline(config, process, stop)
+    except StartupError as error:
+        log.error("%s", error)
+        return 1
+    return pipeline.run()

@@ -1,0 +1,213 @@
+"""The specification of process_message: one table row per rule, then properties over any input."""
+
+import hashlib
+import hmac
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kafka_consumer_processor import process_message
+from login_pipeline.results import ProcessedLogin, Rejection
+
+KEY = b"test-key-of-at-least-16-bytes"
+NOW = 1720576900.5  # processing time: 75.5 s after the sample event
+SAMPLE = {
+    "user_id": "a6397988-1649-4859-ae5f-a1407b638ca6", "app_version": "2.3.0", "ip": "108.228.145.239",
+    "locale": "RI", "device_id": "6221eb3d-89b5-4585-8c98-545b78e24c53", "timestamp": 1720576825,
+    "device_type": "iOS",
+}
+MISSING = object()
+
+
+def event(**changes) -> bytes:
+    body = {**SAMPLE, **changes}
+    return json.dumps({k: v for k, v in body.items() if v is not MISSING}).encode()
+
+
+def run(raw: bytes):
+    return process_message(raw, NOW, KEY)
+
+
+def hmac_hex(value: str) -> str:
+    return hmac.new(KEY, value.encode(), hashlib.sha256).hexdigest()
+
+
+# -- 1. The message must be a UTF-8 JSON object --------------------------------------------------
+@pytest.mark.parametrize("raw, message", [
+    (b"\xff\xfe\x00login", "message is not UTF-8"),
+    (b"", "message is not valid JSON"),
+    (b'{"user_id": "a"', "message is not valid JSON"),
+    (b"[" * 100_000, "message is not valid JSON"),  # nesting deep enough to exhaust the parser
+    (b"[1, 2, 3]", "JSON list is not an object"),
+    (b'"just a string"', "JSON str is not an object"),
+    (b"null", "JSON NoneType is not an object"),
+])
+def test_anything_but_a_utf8_json_object_is_malformed_json(raw, message):
+    assert run(raw) == Rejection("malformed_json", None, message)
+
+
+# -- 2. user_id is required and a string ----------------------------------------------------------
+@pytest.mark.parametrize("user_id, reason", [
+    (MISSING, "missing_required_field"), (None, "missing_required_field"), ("", "missing_required_field"),
+    (12345, "invalid_field"), (True, "invalid_field"), (["a"], "invalid_field"), ({"id": 1}, "invalid_field"),
+])
+def test_user_id_must_be_present_and_a_string(user_id, reason):
+    rejection = run(event(user_id=user_id))
+    assert (rejection.reason, rejection.field) == (reason, "user_id")
+
+
+# -- 3. timestamp is required: epoch seconds between 2000-01-01 and 24 h after processing ---------
+@pytest.mark.parametrize("timestamp, reason", [
+    (MISSING, "missing_required_field"), (None, "missing_required_field"),
+    ("", "invalid_field"), ("yesterday", "invalid_field"), ("1720576825.5", "invalid_field"),
+    ("-1720576825", "invalid_field"), ("١٧٢٠٥٧٦٨٢٥", "invalid_field"), ("9" * 5000, "invalid_field"),
+    (1720576825.0, "invalid_field"), (True, "invalid_field"), ([1720576825], "invalid_field"),
+    (946684799, "invalid_field"), (86400, "invalid_field"), (-5, "invalid_field"),
+    (int(NOW) + 24 * 3600 + 1, "invalid_field"),
+])
+def test_timestamp_must_be_epoch_seconds_in_range(timestamp, reason):
+    rejection = run(event(timestamp=timestamp))
+    assert (rejection.reason, rejection.field) == (reason, "timestamp")
+
+
+@pytest.mark.parametrize("timestamp, login_ts", [
+    (1720576825, 1720576825), ("1720576825", 1720576825), (946684800, 946684800),
+    (int(NOW) + 24 * 3600, int(NOW) + 24 * 3600),
+])
+def test_timestamp_accepts_ints_and_digit_strings_normalized_to_int(timestamp, login_ts):
+    assert run(event(timestamp=timestamp)).record["login_ts"] == login_ts
+
+
+# -- 4. Optional fields: repaired when empty, rejected when of the wrong type ---------------------
+@pytest.mark.parametrize("name, output_name, repaired_value", [
+    ("app_version", "app_version", "unknown"), ("device_type", "device_type", "unknown"),
+    ("locale", "locale", "unknown"), ("ip", "ip_hash", None), ("device_id", "device_id_hash", None),
+])
+@pytest.mark.parametrize("empty", [MISSING, None, ""])
+def test_missing_null_or_empty_optional_fields_are_repaired_and_named(name, output_name, repaired_value, empty):
+    result = run(event(**{name: empty}))
+    assert isinstance(result, ProcessedLogin)
+    assert result.record[output_name] == repaired_value
+    assert result.record["repaired_fields"] == [name]
+
+
+def test_several_repairs_are_listed_in_field_order():
+    result = run(event(device_type=MISSING, ip=None, app_version=""))
+    assert result.record["repaired_fields"] == ["app_version", "device_type", "ip"]
+
+
+@pytest.mark.parametrize("name", ["app_version", "device_type", "ip", "locale", "device_id"])
+@pytest.mark.parametrize("wrong", [2.3, 7, False, ["x"], {"x": 1}])
+def test_optional_fields_of_the_wrong_type_are_invalid(name, wrong):
+    rejection = run(event(**{name: wrong}))
+    assert (rejection.reason, rejection.field) == ("invalid_field", name)
+
+
+@pytest.mark.parametrize("ip", ["999.12.3.4", "not-an-ip", "1.2.3", "1.2.3.4.5", "::g", " 1.2.3.4"])
+def test_an_ip_that_is_not_an_ipv4_or_ipv6_literal_is_invalid(ip):
+    assert run(event(ip=ip)) == Rejection("invalid_field", "ip", "ip is not a valid IPv4 or IPv6 address")
+
+
+@pytest.mark.parametrize("ip, version, public", [
+    ("108.228.145.239", 4, True), ("10.0.0.7", 4, False), ("192.168.1.1", 4, False),
+    ("2001:4860:4860::8888", 6, True), ("fe80::1", 6, False), ("::1", 6, False),
+])
+def test_ip_is_hashed_and_enriched_with_version_and_public(ip, version, public):
+    record = run(event(ip=ip)).record
+    assert (record["ip_hash"], record["ip_version"], record["ip_is_public"]) == (hmac_hex(ip), version, public)
+
+
+# -- 5. Normalization and the output record --------------------------------------------------------
+def test_a_valid_event_becomes_the_documented_output_record():
+    result = run(event())
+    assert result.key == SAMPLE["user_id"].encode()
+    assert json.loads(result.value) == result.record == {
+        "user_id": "a6397988-1649-4859-ae5f-a1407b638ca6",
+        "app_version": "2.3.0",
+        "app_major_version": 2,
+        "device_type": "ios",
+        "locale": "RI",
+        "ip_hash": hmac_hex("108.228.145.239"),
+        "ip_version": 4,
+        "ip_is_public": True,
+        "device_id_hash": hmac_hex("6221eb3d-89b5-4585-8c98-545b78e24c53"),
+        "login_ts": 1720576825,
+        "login_time": "2024-07-10T02:00:25Z",
+        "processed_time": "2024-07-10T02:01:40.500Z",
+        "event_delay_s": 75.5,
+        "repaired_fields": [],
+    }
+
+
+def test_device_type_is_lower_cased_and_locale_upper_cased():
+    record = run(event(device_type="Android", locale="ri")).record
+    assert (record["device_type"], record["locale"]) == ("android", "RI")
+
+
+def test_unknown_extra_fields_are_dropped():
+    record = run(event(password="hunter2", nested={"a": 1})).record
+    assert "password" not in record and "nested" not in record
+
+
+@pytest.mark.parametrize("version, major", [("2.3.0", 2), ("10", 10), ("v2", None), ("beta", None), ("", None)])
+def test_app_major_version_is_the_leading_number_or_null(version, major):
+    assert run(event(app_version=version)).record["app_major_version"] == major
+
+
+def test_raw_ip_and_device_id_never_appear_in_the_output():
+    value = run(event()).value
+    assert SAMPLE["ip"].encode() not in value
+    assert SAMPLE["device_id"].encode() not in value
+
+
+def test_the_hash_depends_on_the_key():
+    other = process_message(event(), NOW, b"another-key-of-16-bytes+").record
+    assert other["ip_hash"] != run(event()).record["ip_hash"]
+
+
+def test_rejection_messages_never_quote_the_offending_value():
+    for raw in (event(ip="10.1.2.300"), event(user_id=8675309), event(timestamp="20240710")):
+        rejection = run(raw)
+        assert "10.1.2.300" not in rejection.message and "8675309" not in rejection.message
+        assert "20240710" not in rejection.message
+
+
+# -- Properties: any input gives a result or a rejection, never an exception ----------------------
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+field_values = st.one_of(st.none(), st.just(""), st.text(max_size=40), st.integers(), st.floats(), st.booleans(),
+                         st.lists(st.integers(), max_size=3), st.sampled_from(["1.2.3.4", "::1", "1720576825"]))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=300))
+def test_any_bytes_give_a_result_or_a_rejection(raw):
+    assert isinstance(run(raw), (ProcessedLogin, Rejection))
+
+
+@settings(max_examples=500, deadline=None)
+@given(json_values)
+def test_any_json_gives_a_result_or_a_rejection(value):
+    assert isinstance(run(json.dumps(value).encode()), (ProcessedLogin, Rejection))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.fixed_dictionaries({}, optional={name: field_values for name in [*SAMPLE, "extra"]}))
+def test_login_shaped_objects_follow_the_rules(body):
+    result = run(json.dumps(body).encode())
+    if isinstance(result, Rejection):
+        assert result.reason in ("missing_required_field", "invalid_field")
+        assert result.field in SAMPLE
+        return
+    record = json.loads(result.value)
+    assert record["user_id"] == body["user_id"] and isinstance(record["login_ts"], int)
+    assert set(record["repaired_fields"]) <= set(SAMPLE) - {"user_id", "timestamp"}
+    for name in ("ip", "device_id"):
+        raw_value = body.get(name)
+        if raw_value:
+            assert record[f"{name}_hash"] == hmac_hex(raw_value)
