@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
@@ -95,3 +101,121 @@ def wait_until(condition, timeout: float, interval: float = 0.2, message: str = 
         if time.monotonic() > deadline:
             raise TimeoutError(f"{message} not met within {timeout} s")
         time.sleep(interval)
+
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+TEST_PII_KEY = "integration-test-key-0123456789"
+
+
+@dataclass(frozen=True)
+class Topics:
+    """One test's own topics and consumer group, so tests sharing the session's clusters never meet."""
+
+    input: str
+    output: str
+    dlq: str
+    group: str
+
+    @classmethod
+    def create(cls, kafka, partitions: int = 3) -> "Topics":
+        topics = cls(unique("user-login"), unique("processed-logins"), unique("user-login-dlq"), unique("group"))
+        create_topics(kafka.input.bootstrap, partitions, topics.input)
+        create_topics(kafka.output.bootstrap, partitions, topics.output, topics.dlq)
+        return topics
+
+
+class Processor:
+    """kafka_consumer_processor.py as a child process on a test's topics; always stopped on exit."""
+
+    def __init__(self, kafka, topics: Topics, workdir: Path, **settings: str) -> None:
+        self.env = {
+            **os.environ,
+            "INPUT_BOOTSTRAP_SERVERS": kafka.input.bootstrap,
+            "OUTPUT_BOOTSTRAP_SERVERS": kafka.output.bootstrap,
+            "INPUT_TOPIC": topics.input, "OUTPUT_TOPIC": topics.output, "DLQ_TOPIC": topics.dlq,
+            "CONSUMER_GROUP": topics.group, "PII_HASH_KEY": TEST_PII_KEY,
+            **settings,
+        }
+        self.workdir = workdir
+        self.runs = 0
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "Processor":
+        self.runs += 1
+        self.stdout_path = self.workdir / f"processor-{self.runs}.out"
+        self.stderr_path = self.workdir / f"processor-{self.runs}.err"
+        with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
+            self.process = subprocess.Popen(
+                [sys.executable, str(PROJECT_DIR / "kafka_consumer_processor.py"), "--env-file", "/dev/null"],
+                env=self.env, cwd=self.workdir, stdout=out, stderr=err,
+            )
+        return self
+
+    def send_signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float = 60.0) -> int:
+        return self.process.wait(timeout=timeout)
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        if self.process.poll() is None:
+            self.send_signal(signum)
+        return self.wait(timeout)
+
+    @property
+    def stdout(self) -> str:
+        return self.stdout_path.read_text()
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text()
+
+    def __enter__(self) -> "Processor":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+
+
+def caught_up(kafka, topics: Topics) -> bool:
+    """True once the group has committed every input partition up to its end offset."""
+    ends = end_offsets(kafka.input.bootstrap, topics.input)
+    committed = committed_offsets(kafka.input.bootstrap, topics.input, topics.group)
+    return {partition: offset or 0 for partition, offset in committed.items()} == ends
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What the output and dead-letter topics hold, compared with what the input topic holds."""
+
+    inputs: dict[tuple[int, int], Record]
+    outputs: list[Record]
+    dead_letters: list[Record]
+
+    @property
+    def landed(self) -> Counter:
+        """How often each input (partition, offset) landed, in the output or the DLQ."""
+        return Counter((int(r.headers["source.partition"]), int(r.headers["source.offset"]))
+                       for r in self.outputs + self.dead_letters)
+
+    @property
+    def lost(self) -> list[tuple[int, int]]:
+        return sorted(set(self.inputs) - set(self.landed))
+
+    @property
+    def duplicates(self) -> int:
+        return sum(count - 1 for count in self.landed.values())
+
+    def dlq_bytes_match(self) -> bool:
+        return all(
+            self.inputs[(int(r.headers["source.partition"]), int(r.headers["source.offset"]))].value == r.value
+            for r in self.dead_letters
+        )
+
+
+def delivery(kafka, topics: Topics) -> Delivery:
+    inputs = {(r.partition, r.offset): r for r in read_all(kafka.input.bootstrap, topics.input)}
+    return Delivery(inputs, read_all(kafka.output.bootstrap, topics.output),
+                    read_all(kafka.output.bootstrap, topics.dlq))
