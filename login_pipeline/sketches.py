@@ -92,27 +92,30 @@ class LogHistogram:
 
 
 class MinuteCounts:
-    """Counts per minute of event time for the newest `minutes` minutes seen; older events fall out."""
+    """Logins per minute of event time for the `minutes` minutes up to the newest one seen.
+
+    Late events older than that window are counted in `dropped`, so memory stays at `minutes` counters.
+    """
 
     def __init__(self, minutes: int = 10) -> None:
         self._minutes = minutes
         self._counts: dict[int, int] = {}
+        self._newest: int | None = None
         self.dropped = 0
 
     def add(self, epoch_seconds: int) -> None:
         minute = epoch_seconds // 60
-        counts = self._counts
-        if minute in counts:
-            counts[minute] += 1
+        if self._newest is None or minute > self._newest:
+            self._newest = minute
+            oldest = minute - self._minutes + 1
+            self._counts = {m: c for m, c in self._counts.items() if m >= oldest}
+        elif minute <= self._newest - self._minutes:
+            self.dropped += 1
             return
-        if len(counts) >= self._minutes:
-            oldest = min(counts)
-            if minute < oldest:
-                self.dropped += 1
-                return
-            del counts[oldest]
-        counts[minute] = 1
+        self._counts[minute] = self._counts.get(minute, 0) + 1
 
     def newest(self, n: int) -> list[tuple[int, int]]:
-        """(minute start in epoch seconds, count) for the newest n minutes, oldest first."""
-        return [(minute * 60, self._counts[minute]) for minute in sorted(self._counts)[-n:]]
+        """(minute start in epoch seconds, count) for the n minutes up to the newest, oldest first."""
+        if self._newest is None:
+            return []
+        return [(m * 60, self._counts.get(m, 0)) for m in range(self._newest - n + 1, self._newest + 1)]

@@ -171,6 +171,7 @@ class Processor:
         return self.stderr_path.read_text()
 
     def __enter__(self) -> "Processor":
+        """Each `with` is one run of the processor; the same object can run again after it."""
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -3,7 +3,9 @@
 import hashlib
 import hmac
 import json
+from pathlib import Path
 
+import jsonschema
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -211,3 +213,21 @@ def test_login_shaped_objects_follow_the_rules(body):
         raw_value = body.get(name)
         if raw_value:
             assert record[f"{name}_hash"] == hmac_hex(raw_value)
+
+
+# -- The shipped JSON Schema describes every output ------------------------------------------------
+SCHEMA = jsonschema.Draft202012Validator(json.loads((Path(__file__).parent.parent / "schemas" /
+                                                    "processed-login.schema.json").read_text()))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.fixed_dictionaries({}, optional={name: field_values for name in SAMPLE}))
+def test_every_output_matches_the_shipped_json_schema(body):
+    result = run(json.dumps(body).encode())
+    if isinstance(result, ProcessedLogin):
+        SCHEMA.validate(json.loads(result.value))
+
+
+def test_the_schema_rejects_a_raw_ip():
+    record = {**run(event()).record, "ip": "108.228.145.239"}
+    assert not SCHEMA.is_valid(record)

@@ -84,11 +84,11 @@ def test_a_restart_resumes_from_committed_offsets_without_loss_or_duplicates(kaf
     topics = Topics.create(kafka)
     processor = Processor(kafka, topics, tmp_path)
     produce(kafka.input.bootstrap, topics.input, generated(700, seed=3))
-    with processor.start():
+    with processor:
         wait_until(lambda: caught_up(kafka, topics), timeout=90, message="first run caught up")
         assert processor.stop(signal.SIGINT) == 0
     produce(kafka.input.bootstrap, topics.input, generated(900, seed=4))
-    with processor.start():
+    with processor:
         wait_until(lambda: caught_up(kafka, topics), timeout=90, message="second run caught up")
         assert processor.stop(signal.SIGTERM) == 0
 

@@ -1,0 +1,93 @@
+"""Configuration: defaults, precedence (flag > environment > .env > default) and one-line errors."""
+
+from pathlib import Path
+
+import pytest
+
+from login_pipeline.config import SETTINGS, ConfigError, load
+
+
+def test_defaults_are_the_documented_ones():
+    config = load([], "test", environ={})
+    assert config.input_bootstrap_servers == ("localhost:29092",)
+    assert config.output_bootstrap_servers == ("localhost:29093",)
+    assert (config.input_topic, config.output_topic, config.dlq_topic) == ("user-login", "processed-logins", "user-login-dlq")
+    assert config.consumer_group == "login-processor"
+    assert config.insights_every == 100
+    assert config.pii_hash_key is None
+    assert config.client_security() == {"security_protocol": "PLAINTEXT"}
+
+
+def test_flags_override_the_environment_and_blank_values_mean_unset():
+    config = load(["--input-topic", "from-flag"], "test", environ={"INPUT_TOPIC": "from-env", "OUTPUT_TOPIC": " "})
+    assert config.input_topic == "from-flag"
+    assert config.output_topic == "processed-logins"
+
+
+def test_the_dotenv_file_fills_in_but_never_overrides_the_environment(tmp_path, monkeypatch):
+    env_file = tmp_path / ".env"
+    env_file.write_text("INPUT_TOPIC=from-dotenv\nOUTPUT_TOPIC=from-dotenv-too\n")
+    monkeypatch.setenv("INPUT_TOPIC", "from-env")
+    monkeypatch.delenv("OUTPUT_TOPIC", raising=False)
+    config = load(["--env-file", str(env_file)], "test")
+    assert (config.input_topic, config.output_topic) == ("from-env", "from-dotenv-too")
+
+
+def test_several_bootstrap_servers_and_ipv6_literals_are_accepted():
+    config = load([], "test", environ={"INPUT_BOOTSTRAP_SERVERS": "a:9092, b.example.com:9093,[::1]:9094"})
+    assert config.input_bootstrap_servers == ("a:9092", "b.example.com:9093", "[::1]:9094")
+
+
+def test_sasl_settings_pass_through_to_the_clients(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("certificate")
+    config = load([], "test", environ={"SECURITY_PROTOCOL": "sasl_ssl", "SASL_MECHANISM": "scram-sha-512",
+                                       "SASL_USERNAME": "svc", "SASL_PASSWORD": "pw", "SSL_CAFILE": str(ca)})
+    assert config.client_security() == {
+        "security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512", "sasl_plain_username": "svc",
+        "sasl_plain_password": "pw", "ssl_cafile": str(ca),
+    }
+
+
+@pytest.mark.parametrize("environ, complaint", [
+    ({"INSIGHTS_EVERY": "0"}, "INSIGHTS_EVERY='0' must be a whole number above 0"),
+    ({"BATCH_SIZE": "-5"}, "BATCH_SIZE='-5' must be a whole number above 0"),
+    ({"OUTPUT_BOOTSTRAP_SERVERS": "host:99999"}, "'host:99999' is not host:port"),
+    ({"INPUT_TOPIC": "bad topic"}, "INPUT_TOPIC='bad topic' must be 1-249 letters"),
+    ({"CONSUMER_GROUP": "x" * 250}, "CONSUMER_GROUP="),
+    ({"DLQ_TOPIC": "processed-logins"}, "OUTPUT_TOPIC and DLQ_TOPIC must differ"),
+    ({"PII_HASH_KEY": "fifteen-bytes.."}, "PII_HASH_KEY must be at least 16 bytes"),
+    ({"SECURITY_PROTOCOL": "SASL_SSL", "SASL_MECHANISM": "GSSAPI"}, "SASL_MECHANISM must be one of"),
+    ({"SECURITY_PROTOCOL": "SASL_PLAINTEXT", "SASL_MECHANISM": "PLAIN"}, "SASL_USERNAME is required"),
+    ({"SSL_CAFILE": "/no/such/ca.pem"}, "SSL_CAFILE='/no/such/ca.pem' is not a readable file"),
+])
+def test_invalid_settings_raise_one_line_naming_the_setting(environ, complaint):
+    with pytest.raises(ConfigError) as error:
+        load([], "test", environ=environ)
+    assert complaint in str(error.value) and "\n" not in str(error.value)
+
+
+def test_secrets_stay_out_of_the_config_repr():
+    config = load([], "test", environ={"PII_HASH_KEY": "super-secret-key-material",
+                                       "SECURITY_PROTOCOL": "SASL_SSL", "SASL_MECHANISM": "PLAIN",
+                                       "SASL_USERNAME": "u", "SASL_PASSWORD": "hunter2-password"})
+    assert "super-secret" not in repr(config) and "hunter2" not in repr(config)
+
+
+def test_help_documents_every_setting(capsys):
+    with pytest.raises(SystemExit):
+        load(["--help"], "test", environ={})
+    text = capsys.readouterr().out
+    for flag in ("--input-bootstrap-servers", "--output-bootstrap-servers", "--input-topic", "--output-topic",
+                 "--dlq-topic", "--consumer-group", "--pii-hash-key", "--insights-every", "--batch-size",
+                 "--security-protocol", "--sasl-mechanism", "--sasl-username", "--sasl-password", "--ssl-cafile"):
+        assert flag in text
+
+
+def test_env_example_names_every_setting_with_its_default():
+    lines = (Path(__file__).parent.parent / ".env.example").read_text().splitlines()
+    assigned = dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+    assert set(assigned) == {setting.env for setting in SETTINGS}
+    for setting in SETTINGS:
+        assert assigned[setting.env] == (setting.default or "")
+
