@@ -1,0 +1,20 @@
+# The processor, for `docker compose --profile processor up`: slim, pinned, non-root, runtime deps only.
+FROM python:3.11.7-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin processor
+WORKDIR /app
+
+COPY requirements.txt .
+RUN pip install -r requirements.txt
+
+COPY kafka_consumer_processor.py .
+COPY login_pipeline/ login_pipeline/
+
+USER processor
+# Exec form: the processor is PID 1 and receives SIGTERM itself, so `docker stop` drains cleanly.
+ENTRYPOINT ["python", "kafka_consumer_processor.py"]
