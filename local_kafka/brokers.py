@@ -235,7 +235,8 @@ def start(cluster: Cluster, java: str, classpath: str) -> bool:
     if not (cluster.log_dirs / "meta.properties").exists():
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         result = subprocess.run(
-            [*command, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(cluster.config_file)],
+            # --cluster-id=ID, not "-t ID": a random id may start with "-" and read as an option.
+            [*command, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(cluster.config_file)],
             capture_output=True, text=True, timeout=120,
         )
         if result.returncode != 0:
