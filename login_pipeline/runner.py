@@ -42,6 +42,7 @@ DELIVERY_TIMEOUT_MS = 60_000
 FLUSH_TIMEOUT_S = DELIVERY_TIMEOUT_MS / 1000 + 30
 MAX_BACKOFF_S = 30.0
 STARTUP_TIMEOUT_MS = 15_000
+SESSION_TIMEOUT_MS = 10_000
 
 
 class StartupError(Exception):
@@ -95,6 +96,9 @@ class Pipeline:
             enable_auto_commit=False,
             auto_offset_reset="earliest",  # a new group starts at the beginning: nothing is skipped
             max_poll_records=config.batch_size,
+            # A crashed member's partitions wait this long for a new owner (the default is 45 s).
+            session_timeout_ms=SESSION_TIMEOUT_MS,
+            heartbeat_interval_ms=SESSION_TIMEOUT_MS // 4,
             **security,
         )
         producer = KafkaProducer(

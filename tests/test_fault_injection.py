@@ -41,13 +41,20 @@ def report(scenario: str, **figures) -> None:
 
 def test_crash_sigkill_at_random_moments_loses_nothing(kafka, tmp_path):
     topics = Topics.create(kafka)
-    producer = feed(kafka, topics, count=20_000, rate=2_000, seed=11)
+    # A backlog keeps the processor busy mid-batch, a live feed keeps events coming between kills.
+    produce_events(kafka.input.bootstrap, topics.input, generate(10, FeedProfile()), 14_000, rate=0)
+    producer = feed(kafka, topics, count=8_000, rate=500, seed=11)
     processor = Processor(kafka, topics, tmp_path, BATCH_SIZE=str(BATCH))
     rng = random.Random(5)
     kills = 0
     while producer.is_alive() or kills < 5:
+        before = sum(o or 0 for o in committed_offsets(kafka.input.bootstrap, topics.input, topics.group).values())
         with processor:
-            time.sleep(rng.uniform(1.5, 3.0))  # start-up takes about a second; then it is mid-batch
+            # Kill at a random moment once it is working: after its first commit in this run.
+            wait_until(lambda: sum(o or 0 for o in committed_offsets(
+                kafka.input.bootstrap, topics.input, topics.group).values()) > before,
+                timeout=60, interval=0.05, message="progress after a restart")
+            time.sleep(rng.uniform(0, 0.4))
             processor.send_signal(signal.SIGKILL)
             processor.wait(30)
             kills += 1
@@ -58,7 +65,7 @@ def test_crash_sigkill_at_random_moments_loses_nothing(kafka, tmp_path):
 
     landed = delivery(kafka, topics)
     report("crash", events=len(landed.inputs), kills=kills, lost=len(landed.lost), duplicates=landed.duplicates)
-    assert len(landed.inputs) == 20_000
+    assert len(landed.inputs) == 22_000
     assert landed.lost == []
     assert landed.duplicates <= kills * BATCH  # at most the uncommitted batch at each kill
     assert landed.dlq_bytes_match()
