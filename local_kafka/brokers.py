@@ -263,7 +263,7 @@ def wait_ready(cluster: Cluster, timeout: float = 120.0) -> None:
         if running_pid(cluster) is None:
             raise SetupError(f"the {cluster.name} broker exited during start-up: see {cluster.log_file}")
         try:
-            with _admin(cluster, timeout_ms=2000) as admin:
+            with _admin(cluster.bootstrap, timeout_ms=2000) as admin:
                 admin.list_topics()
             return
         except KafkaConfigurationError:
@@ -275,12 +275,18 @@ def wait_ready(cluster: Cluster, timeout: float = 120.0) -> None:
 
 def ensure_topics(cluster: Cluster) -> None:
     """Create the cluster's topics that do not exist yet; existing ones are left as they are."""
-    with _admin(cluster, timeout_ms=10000) as admin:
+    with _admin(cluster.bootstrap, timeout_ms=10000) as admin:
         existing = set(admin.list_topics())
-        missing = {name: {"num_partitions": partitions, "replication_factor": 1}
-                   for name, partitions in cluster.topics.items() if name not in existing}
-        if missing:
-            admin.create_topics(missing, timeout_ms=30000, wait_for_metadata=True)
+    for name, partitions in cluster.topics.items():
+        if name not in existing:
+            create_topics(cluster.bootstrap, partitions, name)
+
+
+def create_topics(bootstrap: str, partitions: int, *names: str, configs: dict[str, str] | None = None) -> None:
+    """Create single-replica topics and wait until every partition has a leader."""
+    with _admin(bootstrap, timeout_ms=30000) as admin:
+        admin.create_topics({name: {"num_partitions": partitions, "replication_factor": 1, "configs": configs or {}}
+                             for name in names}, timeout_ms=30000, wait_for_metadata=True)
 
 
 def stop(cluster: Cluster, timeout: float = 60.0) -> bool:
@@ -301,12 +307,12 @@ def stop(cluster: Cluster, timeout: float = 60.0) -> bool:
     return True
 
 
-def _admin(cluster: Cluster, timeout_ms: int) -> KafkaAdminClient:
+def _admin(bootstrap: str, timeout_ms: int) -> KafkaAdminClient:
     return KafkaAdminClient(
-        bootstrap_servers=cluster.bootstrap,
+        bootstrap_servers=bootstrap,
         request_timeout_ms=timeout_ms,
         bootstrap_timeout_ms=timeout_ms,
-        client_id=f"local-kafka-{cluster.name}",
+        client_id="local-kafka",
     )
 
 

@@ -89,29 +89,9 @@ class Pipeline:
         security = config.client_security()
         _check_topics("input", config.input_bootstrap_servers, security, [config.input_topic])
         _check_topics("output", config.output_bootstrap_servers, security, [config.output_topic, config.dlq_topic])
-        consumer = KafkaConsumer(
-            bootstrap_servers=list(config.input_bootstrap_servers),
-            group_id=config.consumer_group,
-            client_id="login-processor",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",  # a new group starts at the beginning: nothing is skipped
-            max_poll_records=config.batch_size,
-            # A crashed member's partitions wait this long for a new owner (the default is 45 s).
-            session_timeout_ms=SESSION_TIMEOUT_MS,
-            heartbeat_interval_ms=SESSION_TIMEOUT_MS // 4,
-            **security,
-        )
-        producer = KafkaProducer(
-            bootstrap_servers=list(config.output_bootstrap_servers),
-            client_id="login-processor",
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=5,
-            batch_size=256 * 1024,
-            delivery_timeout_ms=DELIVERY_TIMEOUT_MS,
-            max_block_ms=30_000,
-            **security,
-        )
+        consumer = KafkaConsumer(**consumer_settings(config.input_bootstrap_servers, config.consumer_group,
+                                                     config.batch_size), **security)
+        producer = KafkaProducer(**producer_settings(config.output_bootstrap_servers), **security)
         consumer.subscribe([config.input_topic])
         return consumer, producer
 
@@ -233,6 +213,35 @@ class Pipeline:
         if final:
             block = block.replace("── insights:", "── final insights:", 1)
         print(block, file=self._out, flush=True)
+
+
+def consumer_settings(servers, group: str, batch_size: int) -> dict:
+    """The input side: manual commits only, a new group starts at the beginning, batches of batch_size."""
+    return dict(
+        bootstrap_servers=list(servers),
+        group_id=group,
+        client_id="login-processor",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",  # nothing is skipped when a group starts
+        max_poll_records=batch_size,
+        # A crashed member's partitions wait this long for a new owner (the default is 45 s).
+        session_timeout_ms=SESSION_TIMEOUT_MS,
+        heartbeat_interval_ms=SESSION_TIMEOUT_MS // 4,
+    )
+
+
+def producer_settings(servers) -> dict:
+    """The output side: every record acknowledged by all in-sync replicas, no duplicates from retries."""
+    return dict(
+        bootstrap_servers=list(servers),
+        client_id="login-processor",
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        batch_size=256 * 1024,
+        delivery_timeout_ms=DELIVERY_TIMEOUT_MS,
+        max_block_ms=30_000,
+    )
 
 
 def _check_topics(name: str, servers: tuple[str, ...], security: dict, topics: list[str]) -> None:

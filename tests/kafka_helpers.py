@@ -15,6 +15,8 @@ from typing import Iterable
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
+from local_kafka.brokers import create_topics
+
 
 @dataclass(frozen=True)
 class Record:
@@ -27,12 +29,6 @@ class Record:
 
 def unique(name: str) -> str:
     return f"{name}-{uuid.uuid4().hex[:8]}"
-
-
-def create_topics(bootstrap: str, partitions: int, *names: str) -> None:
-    with KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30000) as admin:
-        admin.create_topics({name: {"num_partitions": partitions, "replication_factor": 1} for name in names},
-                            timeout_ms=30000, wait_for_metadata=True)
 
 
 def partition_counts(bootstrap: str) -> dict[str, int]:
