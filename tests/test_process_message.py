@@ -2,6 +2,7 @@
 
 import hashlib
 import hmac
+import ipaddress
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kafka_consumer_processor import process_message
+from kafka_consumer_processor import classify_ip, process_message
 from login_pipeline.results import ProcessedLogin, Rejection
 
 KEY = b"test-key-of-at-least-16-bytes"
@@ -45,6 +46,7 @@ def hmac_hex(value: str) -> str:
     (b"[1, 2, 3]", "JSON list is not an object"),
     (b'"just a string"', "JSON str is not an object"),
     (b"null", "JSON NoneType is not an object"),
+    (b'{"user_id": "u", "timestamp": NaN}', "message is not valid JSON"),  # NaN and Infinity are not JSON
 ])
 def test_anything_but_a_utf8_json_object_is_malformed_json(raw, message):
     assert run(raw) == Rejection("malformed_json", None, message)
@@ -113,8 +115,10 @@ def test_an_ip_that_is_not_an_ipv4_or_ipv6_literal_is_invalid(ip):
 
 
 @pytest.mark.parametrize("ip, version, public", [
-    ("108.228.145.239", 4, True), ("10.0.0.7", 4, False), ("192.168.1.1", 4, False),
-    ("2001:4860:4860::8888", 6, True), ("fe80::1", 6, False), ("::1", 6, False),
+    ("108.228.145.239", 4, True), ("10.0.0.7", 4, False), ("192.168.1.1", 4, False), ("100.64.0.1", 4, False),
+    ("127.0.0.1", 4, False), ("224.0.0.1", 4, False), ("255.255.255.255", 4, False), ("9.255.255.255", 4, True),
+    ("11.0.0.0", 4, True), ("2001:4860:4860::8888", 6, True), ("fe80::1", 6, False), ("::1", 6, False),
+    ("ff02::1", 6, False),
 ])
 def test_ip_is_hashed_and_enriched_with_version_and_public(ip, version, public):
     record = run(event(ip=ip)).record
@@ -177,12 +181,13 @@ def test_rejection_messages_never_quote_the_offending_value():
 
 
 # -- Properties: any input gives a result or a rejection, never an exception ----------------------
+finite = st.floats(allow_nan=False, allow_infinity=False)
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    st.none() | st.booleans() | st.integers() | finite | st.text(),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=12,
 )
-field_values = st.one_of(st.none(), st.just(""), st.text(max_size=40), st.integers(), st.floats(), st.booleans(),
+field_values = st.one_of(st.none(), st.just(""), st.text(max_size=40), st.integers(), finite, st.booleans(),
                          st.lists(st.integers(), max_size=3), st.sampled_from(["1.2.3.4", "::1", "1720576825"]))
 
 
@@ -231,3 +236,16 @@ def test_every_output_matches_the_shipped_json_schema(body):
 def test_the_schema_rejects_a_raw_ip():
     record = {**run(event()).record, "ip": "108.228.145.239"}
     assert not SCHEMA.is_valid(record)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.integers(min_value=0, max_value=2**32 - 1))
+def test_ipv4_public_means_global_unicast_as_python_defines_it(number):
+    address = ipaddress.IPv4Address(number)
+    expected = address.is_global and not address.is_multicast and address not in ipaddress.IPv4Network("192.0.0.0/24")
+    assert classify_ip(str(address)) == (4, expected)
+
+
+@pytest.mark.parametrize("text", ["01.2.3.4", "1.2.3", "1.2.3.4 ", "1.2.3.4\x00", "256.1.1.1", "", "::1::", "1:2"])
+def test_classify_ip_refuses_what_is_not_an_ip_literal(text):
+    assert classify_ip(text) is None
