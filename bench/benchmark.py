@@ -8,7 +8,8 @@ one Markdown table. Every figure is a ratio or a distribution measured in this r
   record (start-up excluded). Contenders alternate, the median of --runs is reported.
 - latency: events fed at a steady 1,000/s into a LogAppendTime topic; end-to-end = output receipt
   time minus the input record's append time; p50 and p99.
-- memory: 1,000,000 events whose users, IPs and devices are all distinct; RSS at 20 % and 100 %.
+- memory: 1,000,000 events whose users, IPs and devices are all distinct; RSS of the processor and
+  its output process together at 20 % and 100 %, and the sum of their peaks.
 - scaling: drain time of N events on a 3-partition topic with 1, 2 and 3 processor processes.
 """
 
@@ -34,6 +35,7 @@ sys.path.insert(0, str(PROJECT_DIR))
 from local_kafka import brokers  # noqa: E402
 from local_kafka.brokers import create_topics  # noqa: E402
 from local_kafka.generator import FeedProfile, fill  # noqa: E402
+from local_kafka.memory import tree_rss_mb  # noqa: E402
 
 PII_KEY = "benchmark-key-0123456789abcdef"
 PROCESSOR = [sys.executable, str(PROJECT_DIR / "kafka_consumer_processor.py"), "--env-file", "/dev/null"]
@@ -112,11 +114,6 @@ def stop(processes: list[subprocess.Popen]) -> None:
             process.wait()
 
 
-def rss_mb(pid: int, field: str = "VmRSS") -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(status.split(f"{field}:")[1].split()[0]) / 1024
-
-
 def throughput(bench: Bench, events: int, runs: int, naive_events: int) -> dict[str, float]:
     topic = bench.preload(events, 1, FeedProfile.clean())
     contenders = {
@@ -189,10 +186,10 @@ def memory(bench: Bench, events: int) -> tuple[float, float, float]:
     def sample(count: int, processes: list[subprocess.Popen]) -> None:
         pid = processes[0].pid
         if count >= events * 0.2 and "at20" not in samples:
-            samples["at20"] = rss_mb(pid)
+            samples["at20"] = tree_rss_mb(pid)
         if count >= events:
-            samples["at100"] = rss_mb(pid)
-            samples["peak"] = rss_mb(pid, "VmHWM")
+            samples["at100"] = tree_rss_mb(pid)
+            samples["peak"] = tree_rss_mb(pid, "VmHWM")
 
     bench.drain([PROCESSOR], topic, events, partitions=3, on_sample=sample)
     return samples["at20"], samples["at100"], samples["peak"]

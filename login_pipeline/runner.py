@@ -25,12 +25,13 @@ import sys
 import time
 from typing import Callable, TextIO
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from login_pipeline.config import Config
 from login_pipeline.insights import Insights
+from login_pipeline.output import OutputProcess, keyed_partition
 from login_pipeline.results import PROCESSING_ERROR, ProcessedLogin, ProcessingResult, Rejection
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ POLL_TIMEOUT_MS = 500
 DELIVERY_TIMEOUT_MS = 60_000
 FLUSH_TIMEOUT_S = DELIVERY_TIMEOUT_MS / 1000 + 30
 MAX_BACKOFF_S = 30.0
+HANDOVER_RECORDS = 250  # records per hand-over to the output process: pipelined, yet cheap to pickle
 STARTUP_TIMEOUT_MS = 15_000
 SESSION_TIMEOUT_MS = 10_000
 
@@ -78,22 +80,21 @@ class Pipeline:
         self._stop = stop
         self._out = out
         self.insights = Insights()
-        self._output_topic = config.output_topic
-        self._dlq_topic = config.dlq_topic
         self._uncommitted: dict[TopicPartition, OffsetAndMetadata] = {}
         self._positions: dict[TopicPartition, int] = {}
-        self._consumer, self._producer = self._connect()
+        self._consumer, self._output = self._connect()
 
-    def _connect(self) -> tuple[KafkaConsumer, KafkaProducer]:
+    def _connect(self) -> tuple[KafkaConsumer, OutputProcess]:
         config = self._config
         security = config.client_security()
         _check_topics("input", config.input_bootstrap_servers, security, [config.input_topic])
         _check_topics("output", config.output_bootstrap_servers, security, [config.output_topic, config.dlq_topic])
+        output = OutputProcess({**producer_settings(config.output_bootstrap_servers), **security},
+                               config.output_topic, config.dlq_topic, timeout=FLUSH_TIMEOUT_S)
         consumer = KafkaConsumer(**consumer_settings(config.input_bootstrap_servers, config.consumer_group,
                                                      config.batch_size), **security)
-        producer = KafkaProducer(**producer_settings(config.output_bootstrap_servers), **security)
         consumer.subscribe([config.input_topic])
-        return consumer, producer
+        return consumer, output
 
     def run(self) -> int:
         """Process until stopped; returns the exit code (0: stopped cleanly with everything committed)."""
@@ -127,51 +128,49 @@ class Pipeline:
             self._commit()
             self._print_insights(final=True)
             self._consumer.close(autocommit=False, timeout_ms=10_000)
-            self._producer.close(timeout=10)
+            self._output.close()
         if failures:
             log.error("stopped with an undelivered batch; it was not committed and will be processed on restart")
             return 1
         return 0
 
     def _deliver(self, batch: dict[TopicPartition, list]) -> bool:
-        """Process and produce every message of the batch; True once the output cluster acknowledged all."""
+        """Process every message of the batch and produce the results; True once all were acknowledged."""
         processed_at = time.time()
-        process, send, observe = self._process, self._producer.send, self.insights.observe
-        output_topic, dlq_topic = self._output_topic, self._dlq_topic
-        futures = []
+        process, send = self._process, self._output.send
+        partitions = self._output.output_partitions
         results = []
-        try:
-            for tp, messages in batch.items():
-                source = (("source.topic", tp.topic.encode()), ("source.partition", str(tp.partition).encode()))
-                for message in messages:
-                    headers = [*source, ("source.offset", str(message.offset).encode())]
-                    try:
-                        result = process(message.value if message.value is not None else b"", processed_at)
-                    except Exception as error:
-                        # A bug in process_message must not stall the partition: park the message instead.
-                        log.exception("process_message raised %s at %s:%d offset %d; sent to the dead-letter topic",
-                                      type(error).__name__, tp.topic, tp.partition, message.offset)
-                        result = Rejection(PROCESSING_ERROR, None, f"{type(error).__name__}: {error}")
-                    if result.__class__ is ProcessedLogin:
-                        futures.append(send(output_topic, value=result.value, key=result.key, headers=headers))
-                    else:
-                        headers.append(("dlq.reason", result.reason.encode()))
-                        if result.field is not None:
-                            headers.append(("dlq.field", result.field.encode()))
-                        headers.append(("dlq.error", result.message.encode()))
-                        futures.append(send(dlq_topic, value=message.value, key=message.key, headers=headers))
-                    results.append(result)
-            self._producer.flush(timeout=FLUSH_TIMEOUT_S)
-        except KafkaError as error:
-            log.error("producing to the output cluster failed: %s", type(error).__name__)
-            return False
-        failed = [future.exception for future in futures if not future.succeeded()]
-        if failed:
-            log.error("%d of %d records were not delivered: %s", len(failed), len(futures), failed[0])
+        for tp, messages in batch.items():
+            records = []
+            for message in messages:
+                raw = message.value
+                try:
+                    result = process(raw if raw is not None else b"", processed_at)
+                except Exception as error:
+                    # A bug in process_message must not stall the partition: park the message instead.
+                    log.exception("process_message raised %s at %s:%d offset %d; sent to the dead-letter topic",
+                                  type(error).__name__, tp.topic, tp.partition, message.offset)
+                    result = Rejection(PROCESSING_ERROR, None, f"{type(error).__name__}: {error}")
+                if result.__class__ is ProcessedLogin:
+                    # Partitioned here, by the default partitioner's rule, to spare the busier output process.
+                    records.append((message.offset, result.key, result.value,
+                                    keyed_partition(result.key, partitions), None))
+                else:  # the dead-letter topic gets the original key and bytes, untouched
+                    records.append((message.offset, message.key, raw, None,
+                                    (result.reason, result.field, result.message)))
+                results.append(result)
+                if len(records) == HANDOVER_RECORDS:
+                    send(tp.topic, tp.partition, records)
+                    records = []
+            if records:
+                send(tp.topic, tp.partition, records)
+        failure = self._output.flush()
+        if failure:
+            log.error("the output cluster did not acknowledge the batch: %s", failure)
             return False
         # Insights count a message once, when its batch is delivered, however often it was retried.
         for result in results:
-            observe(result)
+            self.insights.observe(result)
         for tp, messages in batch.items():
             next_offset = messages[-1].offset + 1
             self._uncommitted[tp] = OffsetAndMetadata(next_offset, "", -1)

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from local_kafka import brokers
+from local_kafka.memory import tree_rss_mb
 from local_kafka.generator import FeedProfile, generate
 from local_kafka.generator import produce as produce_events
 from tests.kafka_helpers import Processor, Topics, caught_up, committed_offsets, delivery, produce, wait_until
@@ -198,8 +199,7 @@ def test_a_200k_backlog_drains_with_bounded_memory(kafka, tmp_path):
         started = time.monotonic()
         wait_until(lambda: caught_up(kafka, topics), timeout=300, interval=1.0, message="backlog drained")
         drained_in = time.monotonic() - started
-        status = open(f"/proc/{processor.process.pid}/status").read()
-        peak_rss_mb = int(status.split("VmHWM:")[1].split()[0]) / 1024
+        peak_rss_mb = tree_rss_mb(processor.process.pid, "VmHWM")
         assert processor.stop() == 0
     landed_count = sum(1 for _ in delivery(kafka, topics).landed)
     report("backlog", events=200_000, fill_s=round(started - began, 1), drain_s=round(drained_in, 1),
