@@ -65,6 +65,10 @@ def murmur2(data: bytes) -> int:
     return h ^ (h >> 15)
 
 
+class OutputProcessError(RuntimeError):
+    """The output process did not start, stopped answering, or exited; str() says which."""
+
+
 class OutputProcess:
     def __init__(self, producer_settings: dict, output_topic: str, dlq_topic: str, timeout: float) -> None:
         context = multiprocessing.get_context("spawn")  # no threads or sockets inherited from the parent
@@ -78,12 +82,15 @@ class OutputProcess:
         reply = self._receive(timeout=60)
         if not (isinstance(reply, tuple) and reply[0] == _READY):
             self.close()
-            raise RuntimeError(f"the output process did not start: {reply}")
+            raise OutputProcessError(f"the output process did not start: {reply}")
         self.output_partitions: int = reply[1]
 
     def send(self, topic: str, partition: int, records: list[Record]) -> None:
         """Hand over records of one input partition; a full pipe blocks, which is the backpressure."""
-        self._connection.send((topic, partition, records))
+        try:
+            self._connection.send((topic, partition, records))
+        except OSError as error:
+            raise OutputProcessError(f"the output process is gone ({error})") from None
 
     def flush(self) -> str | None:
         """Wait until everything sent so far is acknowledged: None, or why it was not."""
@@ -104,11 +111,11 @@ class OutputProcess:
 
     def _receive(self, timeout: float) -> str | None:
         if not self._connection.poll(timeout):
-            raise RuntimeError(f"the output process did not answer within {timeout:.0f} s")
+            raise OutputProcessError(f"the output process did not answer within {timeout:.0f} s")
         try:
             return self._connection.recv()
         except EOFError:
-            raise RuntimeError(f"the output process exited (code {self._process.exitcode})") from None
+            raise OutputProcessError(f"the output process exited (code {self._process.exitcode})") from None
 
 
 def _serve(connection: Connection, settings: dict, output_topic: str, dlq_topic: str, timeout: float) -> None:

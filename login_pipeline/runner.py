@@ -6,7 +6,7 @@ Contract of `Pipeline.run`:
   and source.offset headers, so downstream can deduplicate on them.
 - Ordering: within an input partition, records are produced in offset order.
 - Commits: a batch's offsets are committed only after the output cluster has acknowledged (acks=all,
-  idempotent producer) every record produced from that batch. Nothing is auto-committed. So a crash
+  idempotent producer) every record produced from that batch, as the output process reports it. Nothing is auto-committed. So a crash
   can repeat the uncommitted batch (at-least-once), never skip it.
 - Rebalances: a batch is processed, flushed and committed before the next poll, and partitions are
   only revoked inside poll, so nothing consumed from a revoked partition is ever left pending.
@@ -31,7 +31,7 @@ from kafka.structs import OffsetAndMetadata
 
 from login_pipeline.config import Config
 from login_pipeline.insights import Insights
-from login_pipeline.output import OutputProcess, keyed_partition
+from login_pipeline.output import OutputProcess, OutputProcessError, keyed_partition
 from login_pipeline.results import PROCESSING_ERROR, ProcessedLogin, ProcessingResult, Rejection
 
 log = logging.getLogger(__name__)
@@ -89,8 +89,11 @@ class Pipeline:
         security = config.client_security()
         _check_topics("input", config.input_bootstrap_servers, security, [config.input_topic])
         _check_topics("output", config.output_bootstrap_servers, security, [config.output_topic, config.dlq_topic])
-        output = OutputProcess({**producer_settings(config.output_bootstrap_servers), **security},
-                               config.output_topic, config.dlq_topic, timeout=FLUSH_TIMEOUT_S)
+        try:
+            output = OutputProcess({**producer_settings(config.output_bootstrap_servers), **security},
+                                   config.output_topic, config.dlq_topic, timeout=FLUSH_TIMEOUT_S)
+        except OutputProcessError as error:
+            raise StartupError(str(error)) from None
         consumer = KafkaConsumer(**consumer_settings(config.input_bootstrap_servers, config.consumer_group,
                                                      config.batch_size), **security)
         consumer.subscribe([config.input_topic])
@@ -102,28 +105,11 @@ class Pipeline:
         log.info("consuming %s from %s as group %s; output %s, dead letters %s on %s",
                  config.input_topic, ",".join(config.input_bootstrap_servers), config.consumer_group,
                  config.output_topic, config.dlq_topic, ",".join(config.output_bootstrap_servers))
-        every = config.insights_every
-        blocks_printed = 0
-        failures = 0
         try:
-            while not self._stop.requested:
-                batch = self._consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
-                if not batch:
-                    continue
-                if self._deliver(batch):
-                    failures = 0
-                    self._commit()
-                else:
-                    failures += 1
-                    self._rewind(batch)
-                    backoff = min(MAX_BACKOFF_S, 0.5 * 2**failures)
-                    log.error("the output cluster did not acknowledge a batch; nothing committed past it, "
-                              "retrying it in %.1f s (attempt %d)", backoff, failures + 1)
-                    self._stop.sleep(backoff)
-                # At most one block per batch, so draining a backlog does not flood the terminal.
-                if self.insights.processed // every > blocks_printed:
-                    blocks_printed = self.insights.processed // every
-                    self._print_insights()
+            failures = self._loop()
+        except OutputProcessError as error:
+            log.error("%s; nothing was committed past the last acknowledged batch", error)
+            return 1
         finally:
             self._commit()
             self._print_insights(final=True)
@@ -133,6 +119,31 @@ class Pipeline:
             log.error("stopped with an undelivered batch; it was not committed and will be processed on restart")
             return 1
         return 0
+
+    def _loop(self) -> int:
+        """Poll, deliver, commit until stopped; returns how many delivery attempts of the last batch failed."""
+        every = self._config.insights_every
+        blocks_printed = 0
+        failures = 0
+        while not self._stop.requested:
+            batch = self._consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
+            if not batch:
+                continue
+            if self._deliver(batch):
+                failures = 0
+                self._commit()
+            else:
+                failures += 1
+                self._rewind(batch)
+                backoff = min(MAX_BACKOFF_S, 0.5 * 2**failures)
+                log.error("the output cluster did not acknowledge a batch; nothing committed past it, "
+                          "retrying it in %.1f s (attempt %d)", backoff, failures + 1)
+                self._stop.sleep(backoff)
+            # At most one block per batch, so draining a backlog does not flood the terminal.
+            if self.insights.processed // every > blocks_printed:
+                blocks_printed = self.insights.processed // every
+                self._print_insights()
+        return failures
 
     def _deliver(self, batch: dict[TopicPartition, list]) -> bool:
         """Process every message of the batch and produce the results; True once all were acknowledged."""

@@ -7,8 +7,10 @@ prints its figures (run `pytest -m slow -s` to see them). `make test-fast` skips
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
+import subprocess
 import threading
 import time
 
@@ -206,3 +208,25 @@ def test_a_200k_backlog_drains_with_bounded_memory(kafka, tmp_path):
            rate_per_s=round(200_000 / drained_in), peak_rss_mb=round(peak_rss_mb))
     assert landed_count == 200_000
     assert peak_rss_mb < 250
+
+
+def test_a_dead_output_process_stops_the_processor_with_exit_1_and_loses_nothing(kafka, tmp_path):
+    topics = Topics.create(kafka)
+    producer = feed(kafka, topics, count=4_000, rate=1_000, seed=17)
+    processor = Processor(kafka, topics, tmp_path, BATCH_SIZE=str(BATCH))
+    with processor:
+        wait_until(lambda: any(committed_offsets(kafka.input.bootstrap, topics.input, topics.group).values()),
+                   timeout=60, message="a first commit")
+        output_process = subprocess.run(["pgrep", "-P", str(processor.process.pid), "-f", "multiprocessing.spawn"],
+                                        capture_output=True, text=True, timeout=10).stdout.split()
+        assert len(output_process) == 1
+        os.kill(int(output_process[0]), signal.SIGKILL)
+        assert processor.wait(60) == 1
+    assert "the output process exited" in processor.stderr
+    producer.join(60)
+    with processor:
+        wait_until(lambda: caught_up(kafka, topics), timeout=90, message="caught up after the restart")
+        assert processor.stop() == 0
+    landed = delivery(kafka, topics)
+    report("output process killed", events=len(landed.inputs), lost=len(landed.lost), duplicates=landed.duplicates)
+    assert landed.lost == [] and landed.duplicates <= BATCH
