@@ -26,7 +26,7 @@ import time
 from typing import Callable, TextIO
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
-from kafka.errors import CommitFailedError, KafkaError
+from kafka.errors import CommitFailedError, KafkaError, RetriableError
 from kafka.structs import OffsetAndMetadata
 
 from login_pipeline.config import Config
@@ -45,6 +45,8 @@ MAX_BACKOFF_S = 30.0
 HANDOVER_RECORDS = 250  # records per hand-over to the output process: pipelined, yet cheap to pickle
 STARTUP_TIMEOUT_MS = 15_000
 SESSION_TIMEOUT_MS = 10_000
+# The default 30 s cap meant catching up 20 s after a broker came back; 2 s keeps recovery prompt.
+RECONNECT_BACKOFF_MAX_MS = 2_000
 
 
 class StartupError(Exception):
@@ -110,6 +112,10 @@ class Pipeline:
         except OutputProcessError as error:
             log.error("%s; nothing was committed past the last acknowledged batch", error)
             return 1
+        except KafkaError as error:  # not retriable: authorization, a deleted topic, a fenced member...
+            log.error("the input cluster refused the consumer (%s: %s); nothing was committed past the "
+                      "last acknowledged batch", type(error).__name__, error)
+            return 1
         finally:
             self._commit()
             self._print_insights(final=True)
@@ -126,7 +132,13 @@ class Pipeline:
         blocks_printed = 0
         failures = 0
         while not self._stop.requested:
-            batch = self._consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
+            try:
+                batch = self._consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
+            except RetriableError as error:
+                # The input cluster is away (found by stopping it under load): wait for it, skip nothing.
+                log.warning("the input cluster is unavailable (%s); polling again in 1 s", type(error).__name__)
+                self._stop.sleep(1.0)
+                continue
             if not batch:
                 continue
             if self._deliver(batch):
@@ -237,6 +249,7 @@ def consumer_settings(servers, group: str, batch_size: int) -> dict:
         # A crashed member's partitions wait this long for a new owner (the default is 45 s).
         session_timeout_ms=SESSION_TIMEOUT_MS,
         heartbeat_interval_ms=SESSION_TIMEOUT_MS // 4,
+        reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
     )
 
 
@@ -251,6 +264,7 @@ def producer_settings(servers) -> dict:
         batch_size=256 * 1024,
         delivery_timeout_ms=DELIVERY_TIMEOUT_MS,
         max_block_ms=30_000,
+        reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
     )
 
 
