@@ -8,6 +8,8 @@
           Ctrl+C stops the processor, then everything demo started
 """
 
+from __future__ import annotations
+
 import argparse
 import logging
 import signal

@@ -12,7 +12,7 @@ INVALID_FIELD = "invalid_field"
 PROCESSING_ERROR = "processing_error"  # process_message raised: a bug, never a property of the input
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ProcessedLogin:
     """A valid, repaired, enriched and masked login: `record` as a dict and as the bytes to send."""
 
@@ -21,7 +21,7 @@ class ProcessedLogin:
     record: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Rejection:
     """Why a message cannot be used. `field` names the field at fault, or is None for the whole message."""
 
