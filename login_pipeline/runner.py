@@ -282,8 +282,8 @@ class Pipeline:
             self._uncommitted = {}
         except CommitFailedError:
             # The group rebalanced away from us; the new owner resumes from the last committed offsets.
-            log.warning("commit rejected after a rebalance; the new owner will repeat %d partitions' last batch",
-                        len(offsets))
+            log.warning("commit rejected after a rebalance; the new owner will repeat what %d partitions had "
+                        "uncommitted", len(offsets))
             self._uncommitted = {}
         except KafkaError as error:
             log.warning("commit failed (%s); will retry with the next batch", type(error).__name__)
@@ -304,8 +304,8 @@ class Pipeline:
         try:
             await self._consumer.commit_async(offsets)
         except KafkaError as error:
-            log.warning("commit before a rebalance failed (%s); the new owner will repeat %d partitions' "
-                        "last batch", type(error).__name__, len(offsets))
+            log.warning("commit before a rebalance failed (%s); the new owner will repeat what %d partitions "
+                        "had uncommitted", type(error).__name__, len(offsets))
 
     def _lag(self) -> int | None:
         lags = []
