@@ -26,6 +26,11 @@ class Record:
     value: bytes | None
     headers: dict[str, bytes]
 
+    @property
+    def source(self) -> tuple[int, int]:
+        """The input (partition, offset) this output or dead-letter record says it came from."""
+        return int(self.headers["source.partition"]), int(self.headers["source.offset"])
+
 
 def unique(name: str) -> str:
     return f"{name}-{uuid.uuid4().hex[:8]}"
@@ -194,8 +199,7 @@ class Delivery:
     @property
     def landed(self) -> Counter:
         """How often each input (partition, offset) landed, in the output or the DLQ."""
-        return Counter((int(r.headers["source.partition"]), int(r.headers["source.offset"]))
-                       for r in self.outputs + self.dead_letters)
+        return Counter(r.source for r in self.outputs + self.dead_letters)
 
     @property
     def lost(self) -> list[tuple[int, int]]:
@@ -205,11 +209,11 @@ class Delivery:
     def duplicates(self) -> int:
         return sum(count - 1 for count in self.landed.values())
 
+    def input_of(self, record: Record) -> Record:
+        return self.inputs[record.source]
+
     def dlq_bytes_match(self) -> bool:
-        return all(
-            self.inputs[(int(r.headers["source.partition"]), int(r.headers["source.offset"]))].value == r.value
-            for r in self.dead_letters
-        )
+        return all(self.input_of(r).value == r.value for r in self.dead_letters)
 
 
 def delivery(kafka, topics: Topics) -> Delivery:

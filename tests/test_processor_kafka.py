@@ -48,14 +48,14 @@ def test_a_mixed_stream_splits_between_output_and_dlq_with_headers_and_exact_byt
     for record in landed.outputs + landed.dead_letters:
         assert record.headers["source.topic"] == topics.input.encode()
     for record in landed.dead_letters:
-        source = landed.inputs[(int(record.headers["source.partition"]), int(record.headers["source.offset"]))]
+        source = landed.input_of(record)
         expected = process_message(source.value, time.time(), TEST_PII_KEY.encode())
         assert record.key == source.key
         assert record.headers["dlq.reason"] == expected.reason.encode()
         assert record.headers.get("dlq.field") == (expected.field.encode() if expected.field else None)
         assert record.headers["dlq.error"] == expected.message.encode()
     for record in landed.outputs:
-        source = landed.inputs[(int(record.headers["source.partition"]), int(record.headers["source.offset"]))]
+        source = landed.input_of(record)
         expected = process_message(source.value, time.time(), TEST_PII_KEY.encode())
         assert isinstance(expected, ProcessedLogin)
         assert record.key == expected.key
