@@ -4,7 +4,8 @@
     python bench/baselines.py naive         # the usual first script: one message at a time, flush each
 
 Both read the processor's settings (INPUT_BOOTSTRAP_SERVERS, INPUT_TOPIC, OUTPUT_TOPIC, ...) from the
-environment, so the benchmark points all three at the same topics the same way.
+environment through the processor's own config loader, so the benchmark points all three at the same
+topics the same way, with the same defaults.
 """
 
 from __future__ import annotations
@@ -20,18 +21,19 @@ from kafka import KafkaConsumer, KafkaProducer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from kafka_consumer_processor import process_message  # noqa: E402
+from login_pipeline import config as configuration  # noqa: E402
 from login_pipeline.runner import consumer_settings, producer_settings  # noqa: E402
 
 stopping = []
 signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
 
 
-def passthrough(env: dict[str, str]) -> None:
+def passthrough(config: configuration.Config) -> None:
     """Consume a batch, produce each value unchanged, flush, commit: the same client settings, no processing."""
-    consumer = KafkaConsumer(env["INPUT_TOPIC"], **consumer_settings(env["INPUT_BOOTSTRAP_SERVERS"].split(","),
-                                                                     env["CONSUMER_GROUP"], int(env.get("BATCH_SIZE", 2000))))
-    producer = KafkaProducer(**producer_settings(env["OUTPUT_BOOTSTRAP_SERVERS"].split(",")))
-    output = env["OUTPUT_TOPIC"]
+    consumer = KafkaConsumer(config.input_topic, **consumer_settings(config.input_bootstrap_servers,
+                                                                     config.consumer_group, config.batch_size))
+    producer = KafkaProducer(**producer_settings(config.output_bootstrap_servers))
+    output = config.output_topic
     while not stopping:
         batch = consumer.poll(timeout_ms=500)
         for messages in batch.values():
@@ -44,15 +46,15 @@ def passthrough(env: dict[str, str]) -> None:
     producer.close()
 
 
-def naive(env: dict[str, str]) -> None:
+def naive(config: configuration.Config) -> None:
     """Auto-commit, a JSON deserializer in the consumer, produce and flush per message."""
-    consumer = KafkaConsumer(env["INPUT_TOPIC"], bootstrap_servers=env["INPUT_BOOTSTRAP_SERVERS"].split(","),
-                             group_id=env["CONSUMER_GROUP"], auto_offset_reset="earliest",
+    consumer = KafkaConsumer(config.input_topic, bootstrap_servers=list(config.input_bootstrap_servers),
+                             group_id=config.consumer_group, auto_offset_reset="earliest",
                              enable_auto_commit=True, value_deserializer=lambda raw: json.loads(raw))
-    producer = KafkaProducer(bootstrap_servers=env["OUTPUT_BOOTSTRAP_SERVERS"].split(","),
+    producer = KafkaProducer(bootstrap_servers=list(config.output_bootstrap_servers),
                              value_serializer=lambda value: json.dumps(value).encode())
-    key = env["PII_HASH_KEY"].encode()
-    output = env["OUTPUT_TOPIC"]
+    key = config.pii_hash_key
+    output = config.output_topic
     while not stopping:
         for messages in consumer.poll(timeout_ms=500).values():
             for message in messages:
@@ -64,4 +66,5 @@ def naive(env: dict[str, str]) -> None:
 
 
 if __name__ == "__main__":
-    {"passthrough": passthrough, "naive": naive}[sys.argv[1]](dict(os.environ))
+    baseline = {"passthrough": passthrough, "naive": naive}[sys.argv[1]]
+    baseline(configuration.load([], __doc__, environ=dict(os.environ)))
