@@ -46,7 +46,7 @@ class Insights:
         self._per_minute.add(record["login_ts"])
         self._delay.add(max(record["event_delay_s"], 0.0))
 
-    def render(self, lag: int | None) -> str:
+    def render(self, lag: int | None, title: str = "insights") -> str:
         now = self._clock()
         recent = (self.processed - self._processed_at_last_render) / max(now - self._last_render, 1e-9)
         overall = self.processed / max(now - self._started, 1e-9)
@@ -54,7 +54,7 @@ class Insights:
         rejected = ", ".join(f"{reason} {count:,}" for reason, count in sorted(self.rejected.items())) or "none"
         p50, p95 = self._delay.quantile(0.50), self._delay.quantile(0.95)
         lines = [
-            f"── insights: {self.processed:,} messages, up {_duration(now - self._started)} " + "─" * 20,
+            f"── {title}: {self.processed:,} messages, up {_duration(now - self._started)} " + "─" * 20,
             f"processed {self.processed:,}   valid {self.valid:,} ({_share(self.valid, self.processed)})"
             f"   repaired {self.repaired:,}   rejected {sum(self.rejected.values()):,}: {rejected}",
             f"throughput    {recent:,.0f} msg/s now, {overall:,.0f} msg/s overall"

@@ -233,7 +233,7 @@ class Pipeline:
             batch = self._in_flight.popleft()
             if failure:
                 log.error("the output cluster did not acknowledge the batch: %s", failure)
-                self._rewind([batch, *self._in_flight])
+                self._rewind(batch)
                 raise DeliveryFailed(failure)
             delivered += 1
             # Insights count a message once, when its batch is delivered, however often it was retried.
@@ -244,8 +244,10 @@ class Pipeline:
                 self._positions[tp] = next_offset
         return delivered
 
-    def _rewind(self, abandoned: list[InFlightBatch]) -> None:
-        for _ in abandoned[1:]:
+    def _rewind(self, failed: InFlightBatch) -> None:
+        """Abandon the failed batch and every batch behind it; seek back to the first offsets among them."""
+        abandoned = [failed, *self._in_flight]
+        for _ in self._in_flight:
             self._output.acknowledgement()  # produced again after the rewind, whatever became of them
         self._in_flight.clear()
         first_offsets = {}
@@ -317,9 +319,7 @@ class Pipeline:
         return sum(lags) if lags else None
 
     def _print_insights(self, final: bool = False) -> None:
-        block = self.insights.render(self._lag())
-        if final:
-            block = block.replace("── insights:", "── final insights:", 1)
+        block = self.insights.render(self._lag(), title="final insights" if final else "insights")
         print(block, file=self._out, flush=True)
 
 
