@@ -1,4 +1,10 @@
-"""Running insights over every processed message, in memory that does not grow with users or uptime."""
+"""Running insights over every processed message, in memory that does not grow with users or uptime.
+
+Every number printed is exact, or says how far off it can be: counts and shares are exact (values
+beyond the counters' capacity are shown as "other"); distinct users are a HyperLogLog estimate with
+its standard error; delay percentiles are read from buckets 5 % wide. Values that came from the
+input are escaped and truncated before they reach the terminal.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +13,10 @@ from collections import Counter
 from datetime import datetime, timezone
 
 from login_pipeline.results import ProcessedLogin, ProcessingResult
-from login_pipeline.sketches import HyperLogLog, LogHistogram, MinuteCounts, SpaceSaving
+from login_pipeline.sketches import CappedCounts, HyperLogLog, LogHistogram, MinuteCounts
 
 TOP_N = 5
+SHOWN_CHARS = 24  # an input value is cut to this many characters on the terminal
 
 
 class Insights:
@@ -24,9 +31,9 @@ class Insights:
         self.repaired = 0
         self.rejected: Counter[str] = Counter()  # by reason: a handful of keys, never one per user
         self._users = HyperLogLog()
-        self._device_types = SpaceSaving()
-        self._locales = SpaceSaving()
-        self._app_versions = SpaceSaving()
+        self._device_types = CappedCounts()
+        self._locales = CappedCounts()
+        self._app_versions = CappedCounts()
         self._per_minute = MinuteCounts()
         self._delay = LogHistogram()
 
@@ -43,7 +50,7 @@ class Insights:
         self._device_types.add(record["device_type"])
         self._locales.add(record["locale"])
         self._app_versions.add(record["app_version"])
-        self._per_minute.add(record["login_ts"])
+        self._per_minute.add(record["login_ts"], record["login_ts"] + record["event_delay_s"])
         self._delay.add(max(record["event_delay_s"], 0.0))
 
     def render(self, lag: int | None, title: str = "insights") -> str:
@@ -59,20 +66,41 @@ class Insights:
             f"   repaired {self.repaired:,}   rejected {sum(self.rejected.values()):,}: {rejected}",
             f"throughput    {recent:,.0f} msg/s now, {overall:,.0f} msg/s overall"
             f"   consumer lag {'unknown' if lag is None else f'{lag:,}'}",
-            f"users         ~{self._users.count():,} distinct",
+            f"users         ~{self._users.count():,} distinct"
+            f" (estimate, standard error {100 * HyperLogLog.STANDARD_ERROR:.1f}%)",
             f"device types  {_top(self._device_types)}",
             f"locales       {_top(self._locales)}",
             f"app versions  {_top(self._app_versions)}",
             "logins/min    " + ("  ".join(
                 f"{datetime.fromtimestamp(minute, timezone.utc):%H:%M} {count:,}"
-                for minute, count in self._per_minute.newest(TOP_N)) or "-"),
-            f"event delay   p50 {_duration(p50)}   p95 {_duration(p95)}",
+                for minute, count in self._per_minute.newest(TOP_N)) or "-") + _not_counted(self._per_minute),
+            f"event delay   p50 {_duration(p50)}   p95 {_duration(p95)} (within 5%)",
         ]
         return "\n".join(lines)
 
 
-def _top(sketch: SpaceSaving) -> str:
-    return "  ".join(f"{item} {_share(count, sketch.total)}" for item, count in sketch.top(TOP_N)) or "-"
+def _top(counts: CappedCounts) -> str:
+    shown = [f"{printable(value)} {_share(count, counts.total)}" for value, count in counts.top(TOP_N)]
+    if counts.other:
+        shown.append(f"other {_share(counts.other, counts.total)}")
+    return "  ".join(shown) or "-"
+
+
+def _not_counted(minutes: MinuteCounts) -> str:
+    skipped = [f"{count:,} {what}" for count, what in ((minutes.future, "stamped in the future"),
+                                                      (minutes.dropped, "older than the window")) if count]
+    return f"   (not counted: {', '.join(skipped)})" if skipped else ""
+
+
+def printable(value: str, limit: int = SHOWN_CHARS) -> str:
+    """The value as it is safe to print: control and format characters escaped, cut to `limit` characters.
+
+    A device_type of "\\x1b]0;owned\\x07" would otherwise retitle the operator's terminal, and a newline
+    would forge a line of the block.
+    """
+    if not value.isprintable():
+        value = "".join(char if char.isprintable() else repr(char)[1:-1] for char in value)
+    return value if len(value) <= limit else value[: limit - 1] + "…"
 
 
 def _share(part: int, whole: int) -> str:

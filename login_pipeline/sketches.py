@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import bisect
 import math
-
-_MASK64 = (1 << 64) - 1
-
+from hashlib import blake2b
 
 class HyperLogLog:
-    """Approximate count of distinct strings in 2**precision bytes (precision 12: 4 KiB, about 1.6 % error).
+    """Approximate count of distinct strings in 2**precision bytes (precision 12: 4 KiB, 1.6 % standard error).
 
-    Python's own str hash is used: it is seeded per process, which is fine for counts that live and
-    die with the process, and it is cached on each str, so adding costs well under a microsecond.
+    The hash is BLAKE2b cut to 64 bits, not Python's hash(), which is salted per process: the same
+    input gives the same registers and the same estimate in every process and run, so estimates can
+    be compared and register sets merged. It costs about 0.6 us an item (measured with timeit).
     """
+
+    STANDARD_ERROR = 1.04 / 64  # 1.04 / sqrt(2**12)
 
     def __init__(self, precision: int = 12) -> None:
         self._p = precision
@@ -23,7 +24,7 @@ class HyperLogLog:
         self._alpha = 0.7213 / (1 + 1.079 / self._m)
 
     def add(self, item: str) -> None:
-        x = hash(item) & _MASK64
+        x = int.from_bytes(blake2b(item.encode(), digest_size=8).digest(), "big")
         index = x >> self._rest_bits
         rank = self._rest_bits - (x & ((1 << self._rest_bits) - 1)).bit_length() + 1
         if rank > self._registers[index]:
@@ -38,30 +39,32 @@ class HyperLogLog:
         return round(estimate)
 
 
-class SpaceSaving:
-    """Top-k heavy hitters in at most `capacity` counters (Metwally et al.).
+class CappedCounts:
+    """Exact counts of the first `capacity` distinct values; every later new value is counted in `other`.
 
-    Every item whose true count exceeds total/capacity is kept; a kept count overestimates the true
-    one by at most the count of the item it evicted.
+    The domains counted (device types, locales, app versions) have tens of values, so every count
+    is exact there; a flood of junk values cannot grow memory past `capacity` keys, and what did not
+    fit is reported as `other`, never folded into another value's count.
     """
 
-    def __init__(self, capacity: int = 32) -> None:
+    def __init__(self, capacity: int = 256) -> None:
         self._capacity = capacity
         self._counts: dict[str, int] = {}
+        self.other = 0
         self.total = 0
 
-    def add(self, item: str) -> None:
+    def add(self, value: str) -> None:
         self.total += 1
         counts = self._counts
-        if item in counts:
-            counts[item] += 1
+        if value in counts:
+            counts[value] += 1
         elif len(counts) < self._capacity:
-            counts[item] = 1
+            counts[value] = 1
         else:
-            victim = min(counts, key=counts.__getitem__)
-            counts[item] = counts.pop(victim) + 1
+            self.other += 1
 
     def top(self, n: int) -> list[tuple[str, int]]:
+        """The n largest exact counts, largest first (ties by value)."""
         return sorted(self._counts.items(), key=lambda pair: (-pair[1], pair[0]))[:n]
 
 
@@ -94,7 +97,9 @@ class LogHistogram:
 class MinuteCounts:
     """Logins per minute of event time for the `minutes` minutes up to the newest one seen.
 
-    Late events older than that window are counted in `dropped`, so memory stays at `minutes` counters.
+    An event stamped after its processing time is not counted (`future`): one clock far ahead would
+    otherwise move the window past every real login. Events older than the window are counted in
+    `dropped`. Memory stays at `minutes` counters.
     """
 
     def __init__(self, minutes: int = 10) -> None:
@@ -102,9 +107,13 @@ class MinuteCounts:
         self._counts: dict[int, int] = {}
         self._newest: int | None = None
         self.dropped = 0
+        self.future = 0
 
-    def add(self, epoch_seconds: int) -> None:
-        minute = epoch_seconds // 60
+    def add(self, event_time: int, processing_time: float) -> None:
+        if event_time > processing_time:
+            self.future += 1
+            return
+        minute = event_time // 60
         if self._newest is None or minute > self._newest:
             self._newest = minute
             oldest = minute - self._minutes + 1
