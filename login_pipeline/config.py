@@ -19,7 +19,12 @@ SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 MIN_PII_KEY_BYTES = 16
 # Kafka's own rule for topic names (and, here, for consumer group names too).
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
-_SERVER = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
+_SERVER = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})$")
+# ASCII digits only: str.isdigit() and int() also take "²" and "２０", which no one means as a number.
+_WHOLE_NUMBER = re.compile(r"^[0-9]{1,12}$")
+MAX_BATCH_SIZE = 100_000  # a batch is held in memory twice (polled and in flight): keep it sane
+MAX_INSIGHTS_EVERY = 1_000_000_000
+SHOWN_VALUE_CHARS = 60  # a bad value is quoted in the error line up to this length
 
 
 class ConfigError(ValueError):
@@ -117,10 +122,11 @@ def _pick(flag: str | None, env: str | None, default: str | None) -> str | None:
 
 
 def validate(raw: dict[str, str | None]) -> Config:
-    protocol = raw["SECURITY_PROTOCOL"].upper()
+    protocol = _ascii_upper(raw["SECURITY_PROTOCOL"])
     if protocol not in SECURITY_PROTOCOLS:
-        raise ConfigError(f"SECURITY_PROTOCOL={raw['SECURITY_PROTOCOL']!r} is not one of {', '.join(SECURITY_PROTOCOLS)}")
-    mechanism = raw["SASL_MECHANISM"].upper() if raw["SASL_MECHANISM"] else None
+        raise ConfigError(f"SECURITY_PROTOCOL={_shown(raw['SECURITY_PROTOCOL'])} is not one of "
+                          f"{', '.join(SECURITY_PROTOCOLS)}")
+    mechanism = _ascii_upper(raw["SASL_MECHANISM"]) if raw["SASL_MECHANISM"] else None
     if protocol.startswith("SASL"):
         if mechanism not in SASL_MECHANISMS:
             raise ConfigError(f"SASL_MECHANISM must be one of {', '.join(SASL_MECHANISMS)} with {protocol}")
@@ -128,12 +134,12 @@ def validate(raw: dict[str, str | None]) -> Config:
             if not raw[name]:
                 raise ConfigError(f"{name} is required with SECURITY_PROTOCOL={protocol}")
     if raw["SSL_CAFILE"] and not Path(raw["SSL_CAFILE"]).is_file():
-        raise ConfigError(f"SSL_CAFILE={raw['SSL_CAFILE']!r} is not a readable file")
+        raise ConfigError(f"SSL_CAFILE={_shown(raw['SSL_CAFILE'])} is not a readable file")
 
     topics = {name: raw[name] for name in ("INPUT_TOPIC", "OUTPUT_TOPIC", "DLQ_TOPIC", "CONSUMER_GROUP")}
     for name, value in topics.items():
         if not _TOPIC.match(value):
-            raise ConfigError(f"{name}={value!r} must be 1-249 letters, digits, '.', '_' or '-'")
+            raise ConfigError(f"{name}={_shown(value)} must be 1-249 letters, digits, '.', '_' or '-'")
     if topics["OUTPUT_TOPIC"] == topics["DLQ_TOPIC"]:
         raise ConfigError("OUTPUT_TOPIC and DLQ_TOPIC must differ, or rejects would pass for results")
 
@@ -150,8 +156,8 @@ def validate(raw: dict[str, str | None]) -> Config:
         dlq_topic=topics["DLQ_TOPIC"],
         consumer_group=topics["CONSUMER_GROUP"],
         pii_hash_key=key.encode() if key is not None else None,
-        insights_every=_positive_int("INSIGHTS_EVERY", raw["INSIGHTS_EVERY"]),
-        batch_size=_positive_int("BATCH_SIZE", raw["BATCH_SIZE"]),
+        insights_every=_whole_number("INSIGHTS_EVERY", raw["INSIGHTS_EVERY"], MAX_INSIGHTS_EVERY),
+        batch_size=_whole_number("BATCH_SIZE", raw["BATCH_SIZE"], MAX_BATCH_SIZE),
         security_protocol=protocol,
         sasl_mechanism=mechanism,
         sasl_username=raw["SASL_USERNAME"],
@@ -165,11 +171,23 @@ def _servers(name: str, value: str) -> tuple[str, ...]:
     for server in servers:
         match = _SERVER.match(server)
         if not match or not 0 < int(match.group(2)) < 65536:
-            raise ConfigError(f"{name}={value!r}: {server!r} is not host:port")
+            raise ConfigError(f"{name}={_shown(value)}: {_shown(server)} is not host:port")
     return servers
 
 
-def _positive_int(name: str, value: str) -> int:
-    if not value.isdigit() or int(value) == 0:
-        raise ConfigError(f"{name}={value!r} must be a whole number above 0")
+def _whole_number(name: str, value: str, maximum: int) -> int:
+    if not _WHOLE_NUMBER.match(value) or not 0 < int(value) <= maximum:
+        raise ConfigError(f"{name}={_shown(value)} must be a whole number from 1 to {maximum:,}")
     return int(value)
+
+
+def _ascii_upper(value: str) -> str:
+    # Unicode case mapping would turn "ſasl_ssl" into "SASL_SSL"; only ASCII spellings are accepted.
+    return value.upper() if value.isascii() else value
+
+
+def _shown(value: str) -> str:
+    """A value as quoted in an error line: repr (control characters escaped), cut to a readable length."""
+    if len(value) > SHOWN_VALUE_CHARS:
+        return repr(value[:SHOWN_VALUE_CHARS]) + f"... ({len(value):,} characters)"
+    return repr(value)

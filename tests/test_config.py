@@ -50,8 +50,23 @@ def test_sasl_settings_pass_through_to_the_clients(tmp_path):
 
 
 @pytest.mark.parametrize("environ, complaint", [
-    ({"INSIGHTS_EVERY": "0"}, "INSIGHTS_EVERY='0' must be a whole number above 0"),
-    ({"BATCH_SIZE": "-5"}, "BATCH_SIZE='-5' must be a whole number above 0"),
+    ({"INSIGHTS_EVERY": "0"}, "INSIGHTS_EVERY='0' must be a whole number from 1 to 1,000,000,000"),
+    ({"BATCH_SIZE": "-5"}, "BATCH_SIZE='-5' must be a whole number from 1 to 100,000"),
+    ({"BATCH_SIZE": "²"}, "BATCH_SIZE='²' must be a whole number"),  # str.isdigit() says yes
+    ({"BATCH_SIZE": "２０"}, "BATCH_SIZE='２０' must be a whole number"),  # int() says 20
+    ({"BATCH_SIZE": "٣"}, "BATCH_SIZE='٣' must be a whole number"),
+    ({"BATCH_SIZE": "100001"}, "BATCH_SIZE='100001' must be a whole number from 1 to 100,000"),
+    ({"BATCH_SIZE": "1" + "0" * 40}, "BATCH_SIZE='1" + "0" * 40 + "' must be a whole number"),
+    ({"BATCH_SIZE": "1e3"}, "BATCH_SIZE='1e3' must be a whole number"),
+    ({"BATCH_SIZE": "0x10"}, "BATCH_SIZE='0x10' must be a whole number"),
+    ({"BATCH_SIZE": "1_000"}, "BATCH_SIZE='1_000' must be a whole number"),
+    ({"INSIGHTS_EVERY": "1000000001"}, "INSIGHTS_EVERY='1000000001' must be a whole number from 1 to"),
+    ({"OUTPUT_BOOTSTRAP_SERVERS": "host:２９０９２"}, "'host:２９０９２' is not host:port"),
+    ({"OUTPUT_BOOTSTRAP_SERVERS": "host:0"}, "'host:0' is not host:port"),
+    ({"OUTPUT_BOOTSTRAP_SERVERS": "host:9092,"}, "'' is not host:port"),
+    ({"SECURITY_PROTOCOL": "ſasl_ssl"}, "SECURITY_PROTOCOL='ſasl_ssl' is not one of"),  # "ſ".upper() == "S"
+    ({"SECURITY_PROTOCOL": "PLAINTEXT\x1b[2J"}, "SECURITY_PROTOCOL='PLAINTEXT\\x1b[2J' is not one of"),
+    ({"INPUT_TOPIC": "t" * 10_000}, "INPUT_TOPIC='" + "t" * 60 + "'... (10,000 characters) must be"),
     ({"OUTPUT_BOOTSTRAP_SERVERS": "host:99999"}, "'host:99999' is not host:port"),
     ({"INPUT_TOPIC": "bad topic"}, "INPUT_TOPIC='bad topic' must be 1-249 letters"),
     ({"CONSUMER_GROUP": "x" * 250}, "CONSUMER_GROUP="),
@@ -65,6 +80,11 @@ def test_invalid_settings_raise_one_line_naming_the_setting(environ, complaint):
     with pytest.raises(ConfigError) as error:
         load([], "test", environ=environ)
     assert complaint in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("value, expected", [("1", 1), ("100000", 100_000), (" 250 ", 250), ("007", 7)])
+def test_whole_numbers_in_range_are_accepted(value, expected):
+    assert load([], "test", environ={"BATCH_SIZE": value}).batch_size == expected
 
 
 def test_secrets_stay_out_of_the_config_repr():

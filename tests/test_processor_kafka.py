@@ -139,7 +139,9 @@ def test_a_missing_topic_stops_with_one_clear_line_and_exit_1(kafka, tmp_path):
 
 
 @pytest.mark.parametrize("setting, value, complaint", [
-    ("INSIGHTS_EVERY", "often", "INSIGHTS_EVERY='often' must be a whole number above 0"),
+    ("INSIGHTS_EVERY", "often", "INSIGHTS_EVERY='often' must be a whole number from 1 to 1,000,000,000"),
+    ("BATCH_SIZE", "²", "BATCH_SIZE='²' must be a whole number from 1 to 100,000"),
+    ("BATCH_SIZE", "10" * 40, "BATCH_SIZE='" + "10" * 30 + "'... (80 characters) must be a whole number"),
     ("INPUT_BOOTSTRAP_SERVERS", "localhost", "'localhost' is not host:port"),
     ("DLQ_TOPIC", "processed-logins", "OUTPUT_TOPIC and DLQ_TOPIC must differ"),
     ("PII_HASH_KEY", "short", "PII_HASH_KEY must be at least 16 bytes"),
