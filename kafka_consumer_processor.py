@@ -17,10 +17,14 @@ import sys
 from datetime import datetime, timezone
 from functools import lru_cache, partial
 
-import orjson
+try:
+    import orjson
 
-from login_pipeline import config as configuration
-from login_pipeline import runner
+    from login_pipeline import config as configuration
+    from login_pipeline import runner
+except ModuleNotFoundError as missing:  # the set-up step was skipped: say what to do instead of a traceback
+    sys.exit(f"missing Python package {missing.name!r}: install the requirements first, "
+             "for instance: python3 -m venv .venv && .venv/bin/pip install -r requirements.txt")
 from login_pipeline.addresses import classify_ip
 from login_pipeline.results import (
     INVALID_FIELD, MALFORMED_JSON, MISSING_REQUIRED_FIELD, ProcessedLogin, ProcessingResult, Rejection,

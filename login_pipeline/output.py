@@ -9,10 +9,18 @@ output process has reported that every record of the batch was acknowledged by t
 Contract of `OutputProcess`:
 - Records of one `send` call are produced in the order given, after those of earlier calls.
 - `end_batch` closes a batch: every record sent since the previous `end_batch`. Batches are
-  reported in the order they were closed, and `acknowledgement` returns None for a batch only when
-  every one of its records was acknowledged (acks=all, idempotent producer); otherwise a one-line
-  reason. Nothing is dropped silently. The child keeps producing later batches meanwhile, so the
-  run loop can process the next batch while this one is on the wire.
+  reported in the order they were closed, as a `BatchReport`: no failure only when every record
+  of the batch was acknowledged (acks=all, idempotent producer); otherwise a one-line reason.
+  Nothing is dropped silently. The child keeps producing later batches meanwhile, so the run loop
+  can process the next batch while this one is on the wire.
+- Every record is routed, never fatal, never stuck. A dead letter whose value is null is sent with
+  an empty value and the header dlq.null_value=true (Kafka refuses a record with neither key nor
+  value, and a null value would read as a tombstone). A record the output cluster refuses for what
+  it is (too large, invalid) is sent to the dead-letter topic instead, in a form that fits: no
+  value, the key when it is small, and headers saying why and how large it was; the report lists
+  it as rerouted. Transient failures (a broker away, a leader moving) are retried by the producer
+  within its delivery timeout, then reported as the batch's failure, for the run loop to retry.
+- An exception the child did not expect fails the batch it happened in; the child never dies of it.
 - The child ignores SIGINT and SIGTERM (the parent decides when to stop) and exits when the parent
   closes it or disappears, so it never outlives the processor.
 """
@@ -27,20 +35,45 @@ import socket
 import struct
 from collections import deque
 from multiprocessing.connection import Connection
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from kafka import KafkaProducer
-from kafka.errors import KafkaError
+from kafka.errors import (
+    CorruptRecordError, InvalidRecordError, KafkaError, MessageSizeTooLargeError, RecordListTooLargeError,
+)
+
+from login_pipeline.results import RECORD_REJECTED, RECORD_TOO_LARGE, Rejection
 
 log = logging.getLogger(__name__)
 
 _READY, _END_BATCH, _CLOSE = "ready", "end batch", "close"
 SEND_BUFFER_BYTES = 4 * 1024 * 1024
 ACK_CHECK_INTERVAL_S = 0.001  # how often the child looks for acknowledgements while nothing arrives
+# Errors that say the record itself can never be written, so retrying it would stall its partition.
+_REFUSED_FOR_SIZE = (MessageSizeTooLargeError, RecordListTooLargeError)
+_REFUSED_AS_INVALID = (InvalidRecordError, CorruptRecordError)
+MAX_REROUTED_KEY_BYTES = 1024  # a refused record's key goes along to the dead-letter topic up to this size
 
-# (offset, key, value, rejection) where rejection is None for the output topic, keyed by user id,
-# or (reason, field, message) for the dead-letter topic.
-Record = tuple[int, Optional[bytes], Optional[bytes], Optional[tuple[str, Optional[str], str]]]
+
+class OutputRecord(NamedTuple):
+    """One record for the output process, in input order: a processed login, or a dead letter."""
+
+    offset: int  # in the input partition
+    key: Optional[bytes]
+    value: Optional[bytes]
+    rejection: Optional[Rejection]  # None: a processed login for the output topic, keyed by user id
+
+
+class Rerouted(NamedTuple):
+    """A record of the batch that the output cluster refused, and that went to the dead-letter topic instead."""
+
+    position: int  # its index among the batch's records, in the order they were sent
+    reason: str  # RECORD_TOO_LARGE or RECORD_REJECTED
+
+
+class BatchReport(NamedTuple):
+    failure: Optional[str]  # None: every record of the batch was acknowledged
+    rerouted: tuple[Rerouted, ...] = ()
 
 
 def keyed_partition(key: bytes, partitions: int) -> int:
@@ -93,7 +126,7 @@ class OutputProcess:
             self.close()
             raise OutputProcessError(f"the output process did not start: {reply}")
 
-    def send(self, topic: str, partition: int, records: list[Record]) -> None:
+    def send(self, topic: str, partition: int, records: list[OutputRecord]) -> None:
         """Hand over records of one input partition; a full pipe blocks, which is the backpressure."""
         self._send((topic, partition, records))
 
@@ -101,8 +134,14 @@ class OutputProcess:
         """Close the batch: its acknowledgement will be reported after those of earlier batches."""
         self._send(_END_BATCH)
 
-    def acknowledgement(self) -> str | None:
-        """Wait for the oldest unreported batch: None when all its records were acknowledged, or why not."""
+    def acknowledgement(self, timeout: float | None = None) -> BatchReport | None:
+        """The report of the oldest unreported batch, waiting up to `timeout` seconds for it.
+
+        With no timeout, waits up to the acknowledgement timeout and raises OutputProcessError if
+        nothing came; with one, returns None when nothing came in that time.
+        """
+        if timeout is not None and not self._connection.poll(timeout):
+            return None
         return self._receive(timeout=self._timeout)
 
     def _send(self, message: object) -> None:
@@ -122,7 +161,7 @@ class OutputProcess:
             self._process.join()
         self._connection.close()
 
-    def _receive(self, timeout: float) -> str | None:
+    def _receive(self, timeout: float):
         if not self._connection.poll(timeout):
             raise OutputProcessError(f"the output process did not answer within {timeout:.0f} s")
         try:
@@ -154,17 +193,14 @@ def _serve(connection: Connection, settings: dict, output_topic: str, dlq_topic:
         connection.send(f"{type(error).__name__}: {error}")
         return
     connection.send(_READY)
-    send = producer.send
-    # Partitioned here, by the default partitioner's rule but with the faster murmur2, and refreshed
-    # per batch so keys follow when partitions are added to the topic.
-    partitions = len(producer.partitions_for(output_topic))
+    router = _Router(producer, output_topic, dlq_topic)
     batch = _Batch()
     unreported: deque[_Batch] = deque()
     try:
         while True:
             # While batches await acknowledgement, wake up often enough to report them promptly.
             if unreported and not connection.poll(ACK_CHECK_INTERVAL_S):
-                _report_acknowledged(connection, unreported)
+                _report_settled(connection, unreported, router)
                 continue
             try:
                 message = connection.recv()
@@ -175,55 +211,146 @@ def _serve(connection: Connection, settings: dict, output_topic: str, dlq_topic:
             if message == _END_BATCH:
                 unreported.append(batch)
                 batch = _Batch()
-                _report_acknowledged(connection, unreported)
-                partitions = len(producer.partitions_for(output_topic))
+                _report_settled(connection, unreported, router)
+                router.refresh_partitions()
                 continue
             topic, partition, records = message
-            source = [("source.topic", topic.encode()), ("source.partition", str(partition).encode())]
-            futures = batch.futures
             try:
-                for offset, key, value, rejection in records:
-                    headers = [*source, ("source.offset", str(offset).encode())]
-                    if rejection is None:
-                        futures.append(send(output_topic, value=value, key=key, headers=headers,
-                                            partition=keyed_partition(key, partitions)))
-                        continue
-                    reason, field, text = rejection
-                    headers.append(("dlq.reason", reason.encode()))
-                    if field is not None:
-                        headers.append(("dlq.field", field.encode()))
-                    headers.append(("dlq.error", text.encode()))
-                    futures.append(send(dlq_topic, value=value, key=key, headers=headers))
-            except KafkaError as error:
-                batch.failure = batch.failure or f"producing failed: {type(error).__name__}"
+                router.send(batch, topic, partition, records)
+            except Exception as error:  # a bug or a client state we did not foresee: fail the batch, live on
+                batch.fail(f"producing failed: {type(error).__name__}")
     except ConnectionError:
         pass  # the parent was killed mid-conversation: as above, nothing unacknowledged was committed
     finally:
         producer.close(timeout=10)
 
 
+class _Sent(NamedTuple):
+    future: object  # kafka-python's FutureRecordMetadata
+    record: OutputRecord
+    headers: list  # source.topic, source.partition, source.offset
+    rerouted: bool  # this is the dead-letter copy of a refused record
+
+
+class _Router:
+    """Builds and sends each record; reroutes a record the output cluster refuses for what it is."""
+
+    def __init__(self, producer: KafkaProducer, output_topic: str, dlq_topic: str) -> None:
+        self._producer = producer
+        self._output_topic = output_topic
+        self._dlq_topic = dlq_topic
+        self._partitions = 0
+        self.refresh_partitions()
+
+    def refresh_partitions(self) -> None:
+        """Partitioned here, by the default partitioner's rule but with the faster murmur2, and refreshed
+        per batch so keys follow when partitions are added. Metadata briefly missing keeps the last count."""
+        try:
+            self._partitions = len(self._producer.partitions_for(self._output_topic) or ()) or self._partitions
+        except KafkaError:
+            pass
+
+    def send(self, batch: _Batch, topic: str, partition: int, records: list[OutputRecord]) -> None:
+        source = [("source.topic", topic.encode()), ("source.partition", str(partition).encode())]
+        for record in records:
+            headers = [*source, ("source.offset", str(record.offset).encode())]
+            if record.rejection is None:
+                if not self._partitions:
+                    self.refresh_partitions()
+                    if not self._partitions:
+                        batch.fail(f"the partitions of {self._output_topic} are unknown")
+                        return
+                future = self._send(self._output_topic, record.key, record.value, headers,
+                                    keyed_partition(record.key, self._partitions))
+            else:
+                future = self._send_dead_letter(record, headers)
+            batch.sent.append(_Sent(future, record, headers, rerouted=False))
+
+    def reroute(self, sent: _Sent, error: Exception):
+        """Send the dead-letter form of a record that was refused for what it is; returns its future."""
+        reason = RECORD_TOO_LARGE if isinstance(error, _REFUSED_FOR_SIZE) else RECORD_REJECTED
+        key, value = sent.record.key, sent.record.value
+        keep_key = key is not None and len(key) <= MAX_REROUTED_KEY_BYTES
+        headers = [*sent.headers,
+                   ("dlq.reason", reason.encode()),
+                   ("dlq.error", f"the output cluster refused the record ({type(error).__name__}); "
+                                 "its value is left out".encode()),
+                   ("dlq.value_bytes", b"null" if value is None else str(len(value)).encode()),
+                   ("dlq.key_bytes", b"null" if key is None else str(len(key)).encode())]
+        if sent.record.rejection is not None:
+            headers.append(("dlq.refused_reason", sent.record.rejection.reason.encode()))
+        return reason, self._send(self._dlq_topic, key if keep_key else None, b"", headers, None)
+
+    def _send_dead_letter(self, record: OutputRecord, headers: list):
+        rejection = record.rejection
+        headers = [*headers, ("dlq.reason", rejection.reason.encode())]
+        if rejection.field is not None:
+            headers.append(("dlq.field", rejection.field.encode()))
+        headers.append(("dlq.error", rejection.message.encode()))
+        value = record.value
+        if value is None:
+            headers.append(("dlq.null_value", b"true"))
+            value = b""
+        return self._send(self._dlq_topic, record.key, value, headers, None)
+
+    def _send(self, topic: str, key, value, headers: list, partition):
+        try:
+            return self._producer.send(topic, value=value, key=key, headers=headers, partition=partition)
+        except _REFUSED_FOR_SIZE as error:  # over max_request_size: refused before it left
+            return _Refused(error)
+
+
+class _Refused:
+    """Stands in for the future of a record the producer refused at once, so it is rerouted like the others."""
+
+    is_done = True
+
+    def __init__(self, error: Exception) -> None:
+        self.exception = error
+
+    def succeeded(self) -> bool:
+        return False
+
+
 class _Batch:
-    """The futures of one batch's records; `settled` advances past those already acknowledged."""
+    """What one batch sent; `settled` advances past records answered, rerouting the refused ones."""
 
     def __init__(self) -> None:
-        self.futures: list = []
+        self.sent: list[_Sent] = []
         self.settled = 0
+        self.rerouted: list[Rerouted] = []
         self.failure: str | None = None
 
-    def done(self) -> bool:
-        futures = self.futures
-        while self.settled < len(futures) and futures[self.settled].is_done:
+    def fail(self, reason: str) -> None:
+        self.failure = self.failure or reason
+
+    def settle(self, router: _Router) -> bool:
+        """Advance past answered records, rerouting refused ones; True when every record has its answer."""
+        sent = self.sent
+        while self.settled < len(sent) and sent[self.settled].future.is_done:
+            entry = sent[self.settled]
+            error = entry.future.exception if not entry.future.succeeded() else None
+            if isinstance(error, _REFUSED_FOR_SIZE + _REFUSED_AS_INVALID) and not entry.rerouted:
+                try:
+                    reason, future = router.reroute(entry, error)
+                except Exception as unexpected:  # the batch fails and is retried; the child lives on
+                    self.fail(f"rerouting a refused record failed: {type(unexpected).__name__}")
+                else:
+                    sent[self.settled] = entry._replace(future=future, rerouted=True)
+                    self.rerouted.append(Rerouted(self.settled, reason))
+                    continue
             self.settled += 1
-        return self.settled == len(futures)
+        return self.settled == len(sent)
 
-    def outcome(self) -> str | None:
-        failed = [future.exception for future in self.futures if not future.succeeded()]
+    def report(self) -> BatchReport:
+        failed = [entry.future.exception for entry in self.sent if not entry.future.succeeded()]
         if failed:
-            return f"{len(failed)} of {len(self.futures)} records were not acknowledged: {failed[0]}"
-        return self.failure
+            return BatchReport(f"{len(failed)} of {len(self.sent)} records were not acknowledged: "
+                               f"{type(failed[0]).__name__}: {str(failed[0])[:200]}")
+        return BatchReport(self.failure, tuple(self.rerouted))
 
 
-def _report_acknowledged(connection: Connection, unreported: deque) -> None:
+def _report_settled(connection: Connection, unreported: deque, router: _Router) -> None:
     """Report, oldest first, every batch whose records have all been answered by the output cluster."""
-    while unreported and unreported[0].done():
-        connection.send(unreported.popleft().outcome())
+    while unreported and unreported[0].settle(router):
+        connection.send(unreported.popleft().report())

@@ -10,6 +10,9 @@ MALFORMED_JSON = "malformed_json"
 MISSING_REQUIRED_FIELD = "missing_required_field"
 INVALID_FIELD = "invalid_field"
 PROCESSING_ERROR = "processing_error"  # process_message raised: a bug, never a property of the input
+# Set by the output side: the output cluster refused the record (output or dead letter) for what it is.
+RECORD_TOO_LARGE = "record_too_large"
+RECORD_REJECTED = "record_rejected"
 
 
 @dataclass(frozen=True)

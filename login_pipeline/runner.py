@@ -4,8 +4,13 @@ Contract of `Pipeline.run`:
 - Every input message yields exactly one record: the processed login on the output topic, or the
   original key and value bytes on the dead-letter topic. Both carry source.topic, source.partition
   and source.offset headers, so downstream can deduplicate on them.
-- Ordering: within an input partition, records are produced in offset order. After an output
-  failure, the failed batch and the ones behind it are produced again, after what went before.
+- Every record Kafka can deliver is routed: a null value, any key, any headers, any size. One the
+  output cluster refuses for what it is goes to the dead-letter topic in a form that fits
+  (login_pipeline.output); the partition never stalls on a record.
+- Ordering: records are produced in input-offset order per input partition, and the output topic
+  is keyed by user id, so one user's logins from one input partition keep their order. After an
+  output failure the failed batch and the ones behind it are produced again, after what went
+  before, so a retried record can appear twice, the second time after later ones.
 - Commits: a batch's offsets are committed only after the output cluster has acknowledged (acks=all,
   idempotent producer) every record produced from that batch and from every batch before it, as the
   output process reports it. Nothing is auto-committed, and commits are sent without waiting for
@@ -14,26 +19,30 @@ Contract of `Pipeline.run`:
 - Pipelining: up to IN_FLIGHT_BATCHES batches stay in flight while the next is processed, so
   processing overlaps producing and the output cluster's acknowledgement.
 - Rebalances: partitions are only revoked inside poll or close; before they go, the rebalance
-  listener waits for every batch in flight and commits what was acknowledged, so nothing consumed
-  from a revoked partition is left pending.
+  listener waits up to REVOKE_SETTLE_S (a quarter of the session timeout, so the member keeps its
+  place in the group) for the batches in flight and commits what was acknowledged. Batches not
+  acknowledged by then are abandoned: never committed, so whoever owns the partitions next
+  delivers them again (duplicates, never loss).
 - Output failures: a batch whose delivery fails is never committed; the consumer rewinds to the
   first offsets still in flight and retries with capped exponential backoff until the output
   cluster is back.
 - Stop: the first SIGINT/SIGTERM finishes the batch in hand, waits for everything in flight,
-  commits, prints the final insights and leaves the group (exit 0). A second one exits at once,
-  committing nothing more.
+  commits, prints the final insights and leaves the group: exit 0 when the final commit succeeded,
+  1 (with one line) when it did not. A second one exits at once, committing nothing more.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import sys
 import time
+import traceback
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, TextIO
+from typing import Callable, Iterator, TextIO
 
 from kafka import AsyncConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.errors import CommitFailedError, KafkaError, RetriableError
@@ -41,8 +50,8 @@ from kafka.structs import OffsetAndMetadata
 
 from login_pipeline.config import Config
 from login_pipeline.insights import Insights
-from login_pipeline.output import OutputProcess, OutputProcessError
-from login_pipeline.results import PROCESSING_ERROR, ProcessedLogin, ProcessingResult, Rejection
+from login_pipeline.output import OutputProcess, OutputProcessError, OutputRecord
+from login_pipeline.results import MALFORMED_JSON, PROCESSING_ERROR, ProcessedLogin, ProcessingResult, Rejection
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +59,8 @@ Process = Callable[[bytes, float], ProcessingResult]
 
 POLL_TIMEOUT_MS = 500
 DELIVERY_TIMEOUT_MS = 60_000
-ACK_TIMEOUT_S = DELIVERY_TIMEOUT_MS / 1000 + 30  # the producer settles every record within its delivery timeout
+# The producer settles every record within its delivery timeout, and a refused one's dead-letter copy within another.
+ACK_TIMEOUT_S = 2 * DELIVERY_TIMEOUT_MS / 1000 + 30
 MAX_BACKOFF_S = 30.0
 # Batches handed over but not yet acknowledged while the next is processed. With one, the run loop
 # still waited a quarter of its time for acknowledgements (py-spy); two raised processor/passthrough
@@ -59,6 +69,9 @@ IN_FLIGHT_BATCHES = 2
 HANDOVER_RECORDS = 250  # records per hand-over to the output process: pipelined, yet cheap to pickle
 STARTUP_TIMEOUT_MS = 15_000
 SESSION_TIMEOUT_MS = 10_000
+# The rebalance listener runs on the consumer's network thread, which also heartbeats: it may not
+# wait long there, or the group evicts the member.
+REVOKE_SETTLE_S = SESSION_TIMEOUT_MS / 1000 / 4
 # The default 30 s cap meant catching up 20 s after a broker came back; 2 s keeps recovery prompt.
 RECONNECT_BACKOFF_MAX_MS = 2_000
 
@@ -100,6 +113,8 @@ class InFlightBatch:
     first_offsets: dict[TopicPartition, int]
     next_offsets: dict[TopicPartition, int]
     results: list[ProcessingResult]
+    # Given up on after a rewind or a revoke: its report is read and ignored, nothing of it is committed.
+    abandoned: bool = False
 
 
 class Pipeline:
@@ -117,8 +132,9 @@ class Pipeline:
     def _connect(self) -> tuple[KafkaConsumer, OutputProcess]:
         config = self._config
         security = config.client_security()
-        _check_topics("input", config.input_bootstrap_servers, security, [config.input_topic])
-        _check_topics("output", config.output_bootstrap_servers, security, [config.output_topic, config.dlq_topic])
+        with _client_logs_quiet():
+            _check_topics("input", config.input_bootstrap_servers, security, [config.input_topic])
+            _check_topics("output", config.output_bootstrap_servers, security, [config.output_topic, config.dlq_topic])
         try:
             output = OutputProcess({**producer_settings(config.output_bootstrap_servers), **security},
                                    config.output_topic, config.dlq_topic, timeout=ACK_TIMEOUT_S)
@@ -135,29 +151,33 @@ class Pipeline:
         log.info("consuming %s from %s as group %s; output %s, dead letters %s on %s",
                  config.input_topic, ",".join(config.input_bootstrap_servers), config.consumer_group,
                  config.output_topic, config.dlq_topic, ",".join(config.output_bootstrap_servers))
+        exit_code = 0
         try:
             failures = self._loop()
             try:
                 self._settle(keep=0)
             except DeliveryFailed:
                 failures += 1
+            if failures:
+                log.error("stopped with an undelivered batch; it was not committed and will be processed on restart")
+                exit_code = 1
         except OutputProcessError as error:
             self._in_flight.clear()  # their acknowledgements will never come: left uncommitted
             log.error("%s; nothing was committed past the last acknowledged batch", error)
-            return 1
+            exit_code = 1
         except KafkaError as error:  # not retriable: authorization, a deleted topic, a fenced member...
             log.error("the input cluster refused the consumer (%s: %s); nothing was committed past the "
                       "last acknowledged batch", type(error).__name__, error)
-            return 1
+            exit_code = 1
         finally:
-            self._commit()
+            if not self._commit():
+                log.error("the final commit failed; a restart repeats what %d partitions had uncommitted",
+                          len(self._uncommitted))
+                exit_code = 1
             self._print_insights(final=True)
             self._consumer.close(autocommit=False, timeout_ms=10_000)
             self._output.close()
-        if failures:
-            log.error("stopped with an undelivered batch; it was not committed and will be processed on restart")
-            return 1
-        return 0
+        return exit_code
 
     def _loop(self) -> int:
         """Poll, hand over, settle, commit until stopped; returns how many deliveries in a row failed."""
@@ -200,17 +220,18 @@ class Pipeline:
             records = []
             for message in messages:
                 raw = message.value
-                try:
-                    result = process(raw if raw is not None else b"", processed_at)
-                except Exception as error:
-                    # A bug in process_message must not stall the partition: park the message instead.
-                    log.exception("process_message raised %s at %s:%d offset %d; sent to the dead-letter topic",
-                                  type(error).__name__, tp.topic, tp.partition, message.offset)
-                    result = Rejection(PROCESSING_ERROR, None, f"{type(error).__name__}: {error}")
+                if raw is None:  # legal in Kafka (a tombstone); not a login
+                    result: ProcessingResult = NULL_VALUE
+                else:
+                    try:
+                        result = process(raw, processed_at)
+                    except Exception as error:
+                        # A bug in process_message must not stall the partition: park the message instead.
+                        result = _processing_error(error, tp, message.offset)
                 if result.__class__ is ProcessedLogin:
-                    records.append((message.offset, result.key, result.value, None))
+                    records.append(OutputRecord(message.offset, result.key, result.value, None))
                 else:  # the dead-letter topic gets the original key and bytes, untouched
-                    records.append((message.offset, message.key, raw, (result.reason, result.field, result.message)))
+                    records.append(OutputRecord(message.offset, message.key, raw, result))
                 results.append(result)
                 if len(records) == HANDOVER_RECORDS:
                     send(tp.topic, tp.partition, records)
@@ -221,21 +242,35 @@ class Pipeline:
         return InFlightBatch({tp: messages[0].offset for tp, messages in batch.items()},
                              {tp: messages[-1].offset + 1 for tp, messages in batch.items()}, results)
 
-    def _settle(self, keep: int) -> int:
-        """Read acknowledgements until at most `keep` batches are in flight; returns how many were delivered.
+    def _settle(self, keep: int, within: float | None = None) -> int:
+        """Read reports until at most `keep` batches are in flight; returns how many were delivered.
 
         A failed batch is not committed, nor is any batch behind it: the consumer rewinds to the
-        first offsets in flight, so they are processed and produced again, and DeliveryFailed is raised.
+        first offsets in flight, so they are processed and produced again, and DeliveryFailed is
+        raised. With `within` (seconds), batches still unreported by then are abandoned instead of
+        waited for.
         """
         delivered = 0
+        deadline = None if within is None else time.monotonic() + within
         while len(self._in_flight) > keep:
-            failure = self._output.acknowledgement()
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            report = self._output.acknowledgement(remaining)
+            if report is None:
+                self._abandon_in_flight()
+                log.warning("%d batches were not acknowledged within %.1f s of a rebalance; left uncommitted, "
+                            "they will be delivered again", len(self._in_flight), within)
+                break
             batch = self._in_flight.popleft()
-            if failure:
-                log.error("the output cluster did not acknowledge the batch: %s", failure)
+            if batch.abandoned:
+                continue
+            if report.failure:
+                log.error("the output cluster did not acknowledge the batch: %s", report.failure)
                 self._rewind(batch)
-                raise DeliveryFailed(failure)
+                raise DeliveryFailed(report.failure)
             delivered += 1
+            for rerouted in report.rerouted:
+                batch.results[rerouted.position] = Rejection(
+                    rerouted.reason, None, "the output cluster refused the record")
             # Insights count a message once, when its batch is delivered, however often it was retried.
             for result in batch.results:
                 self.insights.observe(result)
@@ -244,12 +279,14 @@ class Pipeline:
                 self._positions[tp] = next_offset
         return delivered
 
+    def _abandon_in_flight(self) -> None:
+        for batch in self._in_flight:
+            batch.abandoned = True
+
     def _rewind(self, failed: InFlightBatch) -> None:
         """Abandon the failed batch and every batch behind it; seek back to the first offsets among them."""
-        abandoned = [failed, *self._in_flight]
-        for _ in self._in_flight:
-            self._output.acknowledgement()  # produced again after the rewind, whatever became of them
-        self._in_flight.clear()
+        abandoned = [failed, *(batch for batch in self._in_flight if not batch.abandoned)]
+        self._abandon_in_flight()  # produced again after the rewind, whatever becomes of them
         first_offsets = {}
         for batch in reversed(abandoned):  # older batches overwrite: the earliest offset wins
             first_offsets.update(batch.first_offsets)
@@ -274,26 +311,27 @@ class Pipeline:
             for tp, next_offset in self._positions.items():
                 self._uncommitted.setdefault(tp, OffsetAndMetadata(next_offset, "", -1))
 
-    def _commit(self) -> None:
-        """Commit every delivered offset and wait; a failure keeps them for the next try (duplicates, never loss)."""
+    def _commit(self) -> bool:
+        """Commit every delivered offset and wait; False when it failed (kept for the next try: duplicates, never loss)."""
         if not self._uncommitted:
-            return
+            return True
         offsets = self._uncommitted
         try:
             self._consumer.commit(offsets=offsets, timeout_ms=30_000)
             self._uncommitted = {}
+            return True
         except CommitFailedError:
             # The group rebalanced away from us; the new owner resumes from the last committed offsets.
             log.warning("commit rejected after a rebalance; the new owner will repeat what %d partitions had "
                         "uncommitted", len(offsets))
-            self._uncommitted = {}
         except KafkaError as error:
-            log.warning("commit failed (%s); will retry with the next batch", type(error).__name__)
+            log.warning("commit failed (%s)", type(error).__name__)
+        return False
 
     async def settle_and_commit_before_revoke(self, revoked) -> None:
         """Called by the consumer before partitions go: settle what is in flight, commit what was delivered."""
         try:
-            self._settle(keep=0)
+            self._settle(keep=0, within=REVOKE_SETTLE_S)
         except DeliveryFailed:
             pass  # rewound and left uncommitted; whoever owns the partitions next processes it again
         except OutputProcessError:
@@ -369,6 +407,31 @@ def producer_settings(servers) -> dict:
         max_block_ms=30_000,
         reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
     )
+
+
+NULL_VALUE = Rejection(MALFORMED_JSON, None, "the record has no value (null)")
+
+
+def _processing_error(error: Exception, tp: TopicPartition, offset: int) -> Rejection:
+    """The rejection, and one log line, for process_message raising: its type and where, never its text,
+    which may quote the input (an ip, say)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    where = f"{frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}" if frames else "unknown"
+    log.error("process_message raised %s (%s) at %s:%d offset %d; sent to the dead-letter topic",
+              type(error).__name__, where, tp.topic, tp.partition, offset)
+    return Rejection(PROCESSING_ERROR, None, f"process_message raised {type(error).__name__}")
+
+
+@contextlib.contextmanager
+def _client_logs_quiet() -> Iterator[None]:
+    """Silence the client's own retry chatter while start-up checks run: their outcome is one line of ours."""
+    client_log = logging.getLogger("kafka")
+    level = client_log.level
+    client_log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        client_log.setLevel(level)
 
 
 def _check_topics(name: str, servers: tuple[str, ...], security: dict, topics: list[str]) -> None:
