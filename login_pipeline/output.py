@@ -38,6 +38,7 @@ from multiprocessing.connection import Connection
 from typing import NamedTuple, Optional
 
 from kafka import KafkaProducer
+from kafka.record.default_records import DefaultRecordBatchBuilder
 from kafka.errors import (
     CorruptRecordError, InvalidRecordError, KafkaError, MessageSizeTooLargeError, RecordListTooLargeError,
 )
@@ -53,6 +54,10 @@ ACK_CHECK_INTERVAL_S = 0.001  # how often the child looks for acknowledgements w
 _REFUSED_FOR_SIZE = (MessageSizeTooLargeError, RecordListTooLargeError)
 _REFUSED_AS_INVALID = (InvalidRecordError, CorruptRecordError)
 MAX_REROUTED_KEY_BYTES = 1024  # a refused record's key goes along to the dead-letter topic up to this size
+# Below (size limit - this) a record's key and value cannot make it too large, whatever its headers
+# (topic name at most 249 bytes, our dlq.* sentences, the batch's own overhead): no exact estimate needed.
+SIZE_HEADROOM_BYTES = 2048
+DEFAULT_MAX_REQUEST_SIZE = 1_048_576  # kafka-python's and Java's max.request.size
 
 
 class OutputRecord(NamedTuple):
@@ -74,6 +79,23 @@ class Rerouted(NamedTuple):
 class BatchReport(NamedTuple):
     failure: Optional[str]  # None: every record of the batch was acknowledged
     rerouted: tuple[Rerouted, ...] = ()
+
+
+def source_headers(topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
+    """The headers every output and dead-letter record carries: where in the input it came from."""
+    return [("source.topic", topic.encode()), ("source.partition", str(partition).encode()),
+            ("source.offset", str(offset).encode())]
+
+
+def near_limit(limit: int, key: bytes | None, value: bytes) -> bool:
+    """Cheap first look: False when a record this size fits `limit` whatever its headers."""
+    return len(value) + (len(key) if key else 0) + SIZE_HEADROOM_BYTES > limit
+
+
+def fits(limit: int, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> bool:
+    """Whether a record, alone in its batch, stays within `limit` bytes (a topic's max.message.bytes)."""
+    return not near_limit(limit, key, value) or \
+        DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers) <= limit
 
 
 def keyed_partition(key: bytes, partitions: int) -> int:
@@ -111,13 +133,18 @@ class OutputProcessError(RuntimeError):
 
 
 class OutputProcess:
-    def __init__(self, producer_settings: dict, output_topic: str, dlq_topic: str, timeout: float) -> None:
+    def __init__(self, producer_settings: dict, output_topic: str, dlq_topic: str, timeout: float,
+                 size_limits: dict[str, int]) -> None:
+        """Start the child; `size_limits` is each topic's largest record batch in bytes (max.message.bytes)."""
+        request_limit = producer_settings.get("max_request_size", DEFAULT_MAX_REQUEST_SIZE)
+        self.size_limits = {topic: min(size_limits.get(topic, request_limit), request_limit)
+                            for topic in (output_topic, dlq_topic)}
         context = multiprocessing.get_context("spawn")  # no threads or sockets inherited from the parent
         self._connection, child_end = context.Pipe()
         _widen_send_buffer(self._connection)
         self._timeout = timeout
         self._process = context.Process(
-            target=_serve, args=(child_end, producer_settings, output_topic, dlq_topic),
+            target=_serve, args=(child_end, producer_settings, output_topic, dlq_topic, self.size_limits),
             name="login-output", daemon=True)
         self._process.start()
         child_end.close()
@@ -182,7 +209,8 @@ def _widen_send_buffer(connection: Connection) -> None:
         duplicate.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
 
 
-def _serve(connection: Connection, settings: dict, output_topic: str, dlq_topic: str) -> None:
+def _serve(connection: Connection, settings: dict, output_topic: str, dlq_topic: str,
+           size_limits: dict[str, int]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -193,7 +221,7 @@ def _serve(connection: Connection, settings: dict, output_topic: str, dlq_topic:
         connection.send(f"{type(error).__name__}: {error}")
         return
     connection.send(_READY)
-    router = _Router(producer, output_topic, dlq_topic)
+    router = _Router(producer, output_topic, dlq_topic, size_limits)
     batch = _Batch()
     unreported: deque[_Batch] = deque()
     try:
@@ -212,6 +240,12 @@ def _serve(connection: Connection, settings: dict, output_topic: str, dlq_topic:
                 unreported.append(batch)
                 batch = _Batch()
                 _report_settled(connection, unreported, router)
+                if _is_broken(producer):
+                    # Every send would fail from now on: start afresh; the failed batches are retried.
+                    log.warning("the producer stopped after a fatal error; starting a new one")
+                    producer.close(timeout=10)
+                    producer = KafkaProducer(**settings)
+                    router = _Router(producer, output_topic, dlq_topic, size_limits)
                 router.refresh_partitions()
                 continue
             topic, partition, records = message
@@ -235,10 +269,11 @@ class _Sent(NamedTuple):
 class _Router:
     """Builds and sends each record; reroutes a record the output cluster refuses for what it is."""
 
-    def __init__(self, producer: KafkaProducer, output_topic: str, dlq_topic: str) -> None:
+    def __init__(self, producer: KafkaProducer, output_topic: str, dlq_topic: str, size_limits: dict[str, int]) -> None:
         self._producer = producer
         self._output_topic = output_topic
         self._dlq_topic = dlq_topic
+        self._size_limits = size_limits
         self._partitions = 0
         self.refresh_partitions()
 
@@ -251,9 +286,8 @@ class _Router:
             pass
 
     def send(self, batch: _Batch, topic: str, partition: int, records: list[OutputRecord]) -> None:
-        source = [("source.topic", topic.encode()), ("source.partition", str(partition).encode())]
         for record in records:
-            headers = [*source, ("source.offset", str(record.offset).encode())]
+            headers = source_headers(topic, partition, record.offset)
             if record.rejection is None:
                 if not self._partitions:
                     self.refresh_partitions()
@@ -294,9 +328,14 @@ class _Router:
         return self._send(self._dlq_topic, record.key, value, headers, None)
 
     def _send(self, topic: str, key, value, headers: list, partition):
+        # A record the topic cannot hold is refused here, not by the broker: kafka-python's idempotent
+        # producer treats a broker's refusal of a one-record batch as fatal and fails every later send.
+        limit = self._size_limits[topic]
+        if not fits(limit, key, value, headers):
+            return _Refused(MessageSizeTooLargeError(f"over the {limit:,} bytes that {topic} takes"))
         try:
             return self._producer.send(topic, value=value, key=key, headers=headers, partition=partition)
-        except _REFUSED_FOR_SIZE as error:  # over max_request_size: refused before it left
+        except _REFUSED_FOR_SIZE as error:
             return _Refused(error)
 
 
@@ -348,6 +387,12 @@ class _Batch:
             return BatchReport(f"{len(failed)} of {len(self.sent)} records were not acknowledged: "
                                f"{type(failed[0]).__name__}: {str(failed[0])[:200]}")
         return BatchReport(self.failure, tuple(self.rerouted))
+
+
+def _is_broken(producer: KafkaProducer) -> bool:
+    """True when the producer is in kafka-python's fatal state, from which it never sends again."""
+    manager = getattr(producer, "_transaction_manager", None)  # kafka-python 3.0 keeps it private
+    return bool(manager is not None and manager.has_fatal_error())
 
 
 def _report_settled(connection: Connection, unreported: deque, router: _Router) -> None:

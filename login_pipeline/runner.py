@@ -45,13 +45,16 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, TextIO
 
 from kafka import AsyncConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.errors import CommitFailedError, KafkaError, RetriableError
 from kafka.structs import OffsetAndMetadata
 
 from login_pipeline.config import Config
 from login_pipeline.insights import Insights
-from login_pipeline.output import OutputProcess, OutputProcessError, OutputRecord
-from login_pipeline.results import MALFORMED_JSON, PROCESSING_ERROR, ProcessedLogin, ProcessingResult, Rejection
+from login_pipeline.output import OutputProcess, OutputProcessError, OutputRecord, fits, near_limit, source_headers
+from login_pipeline.results import (
+    MALFORMED_JSON, PROCESSING_ERROR, RECORD_TOO_LARGE, ProcessedLogin, ProcessingResult, Rejection,
+)
 
 log = logging.getLogger(__name__)
 
@@ -134,10 +137,11 @@ class Pipeline:
         security = config.client_security()
         with _client_logs_quiet():
             _check_topics("input", config.input_bootstrap_servers, security, [config.input_topic])
-            _check_topics("output", config.output_bootstrap_servers, security, [config.output_topic, config.dlq_topic])
+            size_limits = _check_topics("output", config.output_bootstrap_servers, security,
+                                        [config.output_topic, config.dlq_topic])
         try:
             output = OutputProcess({**producer_settings(config.output_bootstrap_servers), **security},
-                                   config.output_topic, config.dlq_topic, timeout=ACK_TIMEOUT_S)
+                                   config.output_topic, config.dlq_topic, ACK_TIMEOUT_S, size_limits)
         except OutputProcessError as error:
             raise StartupError(str(error)) from None
         consumer = KafkaConsumer(**consumer_settings(config.input_bootstrap_servers, config.consumer_group,
@@ -215,6 +219,7 @@ class Pipeline:
         """Process every message of the batch and hand the records to the output process."""
         processed_at = time.time()
         process, send = self._process, self._output.send
+        output_limit = self._output.size_limits[self._config.output_topic]
         results = []
         for tp, messages in batch.items():
             records = []
@@ -228,6 +233,10 @@ class Pipeline:
                     except Exception as error:
                         # A bug in process_message must not stall the partition: park the message instead.
                         result = _processing_error(error, tp, message.offset)
+                if result.__class__ is ProcessedLogin and near_limit(output_limit, result.key, result.value) and not fits(
+                        output_limit, result.key, result.value, source_headers(tp.topic, tp.partition, message.offset)):
+                    # Too large for the output topic: the input goes to the dead-letter topic, bytes and all.
+                    result = Rejection(RECORD_TOO_LARGE, None, "the processed login is larger than the output topic takes")
                 if result.__class__ is ProcessedLogin:
                     records.append(OutputRecord(message.offset, result.key, result.value, None))
                 else:  # the dead-letter topic gets the original key and bytes, untouched
@@ -434,17 +443,35 @@ def _client_logs_quiet() -> Iterator[None]:
         client_log.setLevel(level)
 
 
-def _check_topics(name: str, servers: tuple[str, ...], security: dict, topics: list[str]) -> None:
-    """Fail fast, with one line, when a cluster is unreachable or lacks a topic the pipeline needs."""
+def _check_topics(name: str, servers: tuple[str, ...], security: dict, topics: list[str]) -> dict[str, int]:
+    """Fail fast, with one line, when a cluster is unreachable or lacks a topic the pipeline needs.
+
+    Returns each topic's max.message.bytes where the cluster tells it (DescribeConfigs), so records
+    too large for a topic are known before they are sent.
+    """
     try:
         with KafkaAdminClient(bootstrap_servers=list(servers), bootstrap_timeout_ms=STARTUP_TIMEOUT_MS,
                               request_timeout_ms=STARTUP_TIMEOUT_MS, **security) as admin:
             existing = set(admin.list_topics())
+            missing = [topic for topic in topics if topic not in existing]
+            if missing:
+                raise StartupError(f"topic {missing[0]!r} does not exist on the {name} cluster at {','.join(servers)}")
+            return _size_limits(admin, topics)
     except KafkaError as error:
         raise StartupError(f"cannot reach the {name} cluster at {','.join(servers)} ({type(error).__name__})") from None
-    for topic in topics:
-        if topic not in existing:
-            raise StartupError(f"topic {topic!r} does not exist on the {name} cluster at {','.join(servers)}")
+
+
+def _size_limits(admin: KafkaAdminClient, topics: list[str]) -> dict[str, int]:
+    try:
+        described = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": None}) for topic in topics],
+            config_filter="all")
+        return {topic: int(configs["max.message.bytes"]["value"])
+                for topic, configs in described.get("topic", {}).items() if "max.message.bytes" in configs}
+    except KafkaError as error:  # not allowed to describe: the producer's own limit applies
+        log.warning("cannot read max.message.bytes of %s (%s); assuming the producer's limit",
+                    ", ".join(topics), type(error).__name__)
+        return {}
 
 
 def main(config: Config, process: Process) -> int:

@@ -6,6 +6,7 @@ prints its figures (run `pytest -m slow -s` to see them). `make test-fast` skips
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -24,7 +25,10 @@ from local_kafka.memory import tree_rss_mb
 from login_pipeline.runner import IN_FLIGHT_BATCHES
 from local_kafka.generator import FeedProfile, generate
 from local_kafka.generator import produce as produce_events
-from tests.kafka_helpers import Processor, Topics, caught_up, committed_offsets, delivery, produce, wait_until
+from local_kafka.brokers import create_topics
+from tests.kafka_helpers import (
+    Processor, Topics, caught_up, committed_offsets, delivery, produce, unique, wait_until,
+)
 
 pytestmark = pytest.mark.slow
 BATCH = 500  # small batches make a kill land mid-stream and bound the duplicates it may cause
@@ -235,3 +239,32 @@ def test_a_dead_output_process_stops_the_processor_with_exit_1_and_loses_nothing
     landed = delivery(kafka, topics)
     report("output process killed", events=len(landed.inputs), lost=len(landed.lost), duplicates=landed.duplicates)
     assert landed.lost == [] and landed.duplicates <= REPEATABLE
+
+
+def test_an_output_topic_that_refuses_large_records_gets_the_rest_and_the_dlq_the_refused(kafka, tmp_path):
+    # An output topic that takes at most 1,000 bytes a batch: ordinary logins fit one by one (the
+    # producer splits its batches when refused), logins with long fields never do.
+    topics = dataclasses.replace(Topics.create(kafka), output=unique("small-output"))
+    create_topics(kafka.output.bootstrap, 3, topics.output, configs={"max.message.bytes": "1000"})
+    long_fields = {"user_id": "u" * 250, "app_version": "9." * 32, "device_type": "t" * 64, "device_id": "d" * 256}
+    values = []
+    for n, event in enumerate(event for event, _ in zip(generate(18, FeedProfile.clean()), range(2_000))):
+        values.append(event.value)
+        if n % 40 == 0:
+            values.append(json.dumps({**json.loads(event.value), **long_fields, "user_id": f"{n:03d}" + "u" * 250}).encode())
+    produce(kafka.input.bootstrap, topics.input, values)
+    with Processor(kafka, topics, tmp_path) as processor:
+        wait_until(lambda: caught_up(kafka, topics), timeout=180, message="caught up past the refused records")
+        assert processor.process.poll() is None
+        assert processor.stop() == 0
+    landed = delivery(kafka, topics)
+    refused = [record for record in landed.dead_letters if record.headers["dlq.reason"] == b"record_too_large"]
+    report("output refuses large records", events=len(landed.inputs), output=len(landed.outputs),
+           refused=len(refused), lost=len(landed.lost), duplicates=landed.duplicates)
+    assert len(landed.inputs) == 2_050
+    assert landed.lost == [] and landed.duplicates == 0
+    assert len(landed.outputs) == 2_000 and len(refused) == 50
+    assert all(json.loads(landed.input_of(record).value)["device_id"] == "d" * 256 for record in refused)
+    assert all("dlq.refused_reason" not in record.headers for record in refused)  # they were valid logins
+    assert landed.dlq_bytes_match()
+    assert "record_too_large 50" in processor.stdout
