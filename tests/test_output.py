@@ -1,10 +1,12 @@
-"""Keyed partitioning: the same partition Kafka's default partitioner picks, so per-user order holds."""
+"""The output side's pure parts: keyed partitioning as Kafka's default partitioner does it, size limits, headers."""
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kafka.partitioner.default import murmur2 as kafka_python_murmur2
 
-from login_pipeline.output import keyed_partition, murmur2
+from kafka.record.default_records import DefaultRecordBatchBuilder
+
+from login_pipeline.output import fits, keyed_partition, murmur2, near_limit, source_headers
 
 
 @settings(max_examples=3000)
@@ -25,3 +27,18 @@ def test_keyed_partition_spreads_keys_and_is_stable():
     assert set(partitions) == {0, 1, 2}
     assert all(900 < partitions.count(p) < 1100 for p in range(3))
     assert keyed_partition(b"user-7", 3) == keyed_partition(b"user-7", 3)
+
+
+def test_a_record_fits_a_topic_limit_by_its_full_size_headers_included():
+    headers = source_headers("user-login", 2, 123456)
+    assert fits(1_000, b"user-1", b"v" * 500, headers)
+    assert not fits(1_000, b"user-1", b"v" * 1_000, headers)
+    exact = DefaultRecordBatchBuilder.estimate_size_in_bytes(b"k", b"v" * 900, headers)
+    assert fits(exact, b"k", b"v" * 900, headers) and not fits(exact - 1, b"k", b"v" * 900, headers)
+    assert fits(1_048_576, None, b"v" * 1_000_000, headers)  # far enough below: no exact estimate needed
+    assert not near_limit(1_048_576, None, b"v" * 1_000_000)
+
+
+def test_source_headers_name_the_input_coordinates():
+    assert source_headers("user-login", 2, 17) == [
+        ("source.topic", b"user-login"), ("source.partition", b"2"), ("source.offset", b"17")]
