@@ -53,6 +53,7 @@ ACK_CHECK_INTERVAL_S = 0.001  # how often the child looks for acknowledgements w
 # Errors that say the record itself can never be written, so retrying it would stall its partition.
 _REFUSED_FOR_SIZE = (MessageSizeTooLargeError, RecordListTooLargeError)
 _REFUSED_AS_INVALID = (InvalidRecordError, CorruptRecordError)
+_REFUSED = _REFUSED_FOR_SIZE + _REFUSED_AS_INVALID
 MAX_REROUTED_KEY_BYTES = 1024  # a refused record's key goes along to the dead-letter topic up to this size
 # Below (size limit - this) a record's key and value cannot make it too large, whatever its headers
 # (topic name at most 249 bytes, our dlq.* sentences, the batch's own overhead): no exact estimate needed.
@@ -60,13 +61,30 @@ SIZE_HEADROOM_BYTES = 2048
 DEFAULT_MAX_REQUEST_SIZE = 1_048_576  # kafka-python's and Java's max.request.size
 
 
-class OutputRecord(NamedTuple):
-    """One record for the output process, in input order: a processed login, or a dead letter."""
+class HandOver(NamedTuple):
+    """Records of one input partition, in offset order, handed to the output process in one message.
 
-    offset: int  # in the input partition
-    key: Optional[bytes]
-    value: Optional[bytes]
-    rejection: Optional[Rejection]  # None: a processed login for the output topic, keyed by user id
+    Columns rather than a record object each: pickling 250 small NamedTuples cost 1.0 us a record
+    against 0.08 us for plain lists (measured with timeit), on the run loop's hot path.
+    """
+
+    topic: str
+    partition: int
+    offsets: list[int]
+    keys: list[Optional[bytes]]
+    values: list[Optional[bytes]]
+    rejections: dict[int, Rejection]  # by index: these go to the dead-letter topic, the rest are processed logins
+
+    @classmethod
+    def of(cls, topic: str, partition: int) -> "HandOver":
+        return cls(topic, partition, [], [], [], {})
+
+    def add(self, offset: int, key: Optional[bytes], value: Optional[bytes], rejection: Optional[Rejection] = None) -> None:
+        if rejection is not None:
+            self.rejections[len(self.offsets)] = rejection
+        self.offsets.append(offset)
+        self.keys.append(key)
+        self.values.append(value)
 
 
 class Rerouted(NamedTuple):
@@ -81,10 +99,16 @@ class BatchReport(NamedTuple):
     rerouted: tuple[Rerouted, ...] = ()
 
 
+SOURCE_OFFSET = "source.offset"
+
+
+def partition_headers(topic: str, partition: int) -> list[tuple[str, bytes]]:
+    return [("source.topic", topic.encode()), ("source.partition", str(partition).encode())]
+
+
 def source_headers(topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
     """The headers every output and dead-letter record carries: where in the input it came from."""
-    return [("source.topic", topic.encode()), ("source.partition", str(partition).encode()),
-            ("source.offset", str(offset).encode())]
+    return [*partition_headers(topic, partition), (SOURCE_OFFSET, str(offset).encode())]
 
 
 def near_limit(limit: int, key: bytes | None, value: bytes) -> bool:
@@ -153,9 +177,9 @@ class OutputProcess:
             self.close()
             raise OutputProcessError(f"the output process did not start: {reply}")
 
-    def send(self, topic: str, partition: int, records: list[OutputRecord]) -> None:
+    def send(self, records: HandOver) -> None:
         """Hand over records of one input partition; a full pipe blocks, which is the backpressure."""
-        self._send((topic, partition, records))
+        self._send(records)
 
     def end_batch(self) -> None:
         """Close the batch: its acknowledgement will be reported after those of earlier batches."""
@@ -248,22 +272,14 @@ def _serve(connection: Connection, settings: dict, output_topic: str, dlq_topic:
                     router = _Router(producer, output_topic, dlq_topic, size_limits)
                 router.refresh_partitions()
                 continue
-            topic, partition, records = message
             try:
-                router.send(batch, topic, partition, records)
+                router.send(batch, message)
             except Exception as error:  # a bug or a client state we did not foresee: fail the batch, live on
                 batch.fail(f"producing failed: {type(error).__name__}")
     except ConnectionError:
         pass  # the parent was killed mid-conversation: as above, nothing unacknowledged was committed
     finally:
         producer.close(timeout=10)
-
-
-class _Sent(NamedTuple):
-    future: object  # kafka-python's FutureRecordMetadata
-    record: OutputRecord
-    headers: list  # source.topic, source.partition, source.offset
-    rerouted: bool  # this is the dead-letter copy of a refused record
 
 
 class _Router:
@@ -274,6 +290,7 @@ class _Router:
         self._output_topic = output_topic
         self._dlq_topic = dlq_topic
         self._size_limits = size_limits
+        self._output_limit = size_limits[output_topic]
         self._partitions = 0
         self.refresh_partitions()
 
@@ -285,52 +302,53 @@ class _Router:
         except KafkaError:
             pass
 
-    def send(self, batch: _Batch, topic: str, partition: int, records: list[OutputRecord]) -> None:
-        for record in records:
-            headers = source_headers(topic, partition, record.offset)
-            if record.rejection is None:
+    def send(self, batch: _Batch, records: HandOver) -> None:
+        prefix = partition_headers(records.topic, records.partition)
+        rejections = records.rejections
+        sent_future, sent_record = batch.futures.append, batch.records.append
+        for index, (offset, key, value) in enumerate(zip(records.offsets, records.keys, records.values)):
+            headers = [*prefix, (SOURCE_OFFSET, str(offset).encode())]
+            rejection = rejections.get(index) if rejections else None
+            if rejection is None:
                 if not self._partitions:
                     self.refresh_partitions()
                     if not self._partitions:
                         batch.fail(f"the partitions of {self._output_topic} are unknown")
                         return
-                future = self._send(self._output_topic, record.key, record.value, headers,
-                                    keyed_partition(record.key, self._partitions))
+                sent_future(self._send(self._output_topic, key, value, headers, keyed_partition(key, self._partitions)))
             else:
-                future = self._send_dead_letter(record, headers)
-            batch.sent.append(_Sent(future, record, headers, rerouted=False))
+                sent_future(self._send_dead_letter(key, value, rejection, headers))
+            sent_record((key, value, rejection, headers))
 
-    def reroute(self, sent: _Sent, error: Exception):
-        """Send the dead-letter form of a record that was refused for what it is; returns its future."""
+    def reroute(self, record: tuple, error: Exception):
+        """Send the dead-letter form of a record that was refused for what it is; returns (reason, its future)."""
         reason = RECORD_TOO_LARGE if isinstance(error, _REFUSED_FOR_SIZE) else RECORD_REJECTED
-        key, value = sent.record.key, sent.record.value
+        key, value, rejection, source = record
         keep_key = key is not None and len(key) <= MAX_REROUTED_KEY_BYTES
-        headers = [*sent.headers,
+        headers = [*source,
                    ("dlq.reason", reason.encode()),
                    ("dlq.error", f"the output cluster refused the record ({type(error).__name__}); "
                                  "its value is left out".encode()),
                    ("dlq.value_bytes", b"null" if value is None else str(len(value)).encode()),
                    ("dlq.key_bytes", b"null" if key is None else str(len(key)).encode())]
-        if sent.record.rejection is not None:
-            headers.append(("dlq.refused_reason", sent.record.rejection.reason.encode()))
+        if rejection is not None:
+            headers.append(("dlq.refused_reason", rejection.reason.encode()))
         return reason, self._send(self._dlq_topic, key if keep_key else None, b"", headers, None)
 
-    def _send_dead_letter(self, record: OutputRecord, headers: list):
-        rejection = record.rejection
+    def _send_dead_letter(self, key: Optional[bytes], value: Optional[bytes], rejection: Rejection, headers: list):
         headers = [*headers, ("dlq.reason", rejection.reason.encode())]
         if rejection.field is not None:
             headers.append(("dlq.field", rejection.field.encode()))
         headers.append(("dlq.error", rejection.message.encode()))
-        value = record.value
         if value is None:
             headers.append(("dlq.null_value", b"true"))
             value = b""
-        return self._send(self._dlq_topic, record.key, value, headers, None)
+        return self._send(self._dlq_topic, key, value, headers, None)
 
     def _send(self, topic: str, key, value, headers: list, partition):
         # A record the topic cannot hold is refused here, not by the broker: kafka-python's idempotent
         # producer treats a broker's refusal of a one-record batch as fatal and fails every later send.
-        limit = self._size_limits[topic]
+        limit = self._output_limit if topic is self._output_topic else self._size_limits[topic]
         if not fits(limit, key, value, headers):
             return _Refused(MessageSizeTooLargeError(f"over the {limit:,} bytes that {topic} takes"))
         try:
@@ -355,7 +373,10 @@ class _Batch:
     """What one batch sent; `settled` advances past records answered, rerouting the refused ones."""
 
     def __init__(self) -> None:
-        self.sent: list[_Sent] = []
+        self.futures: list = []  # kafka-python's FutureRecordMetadata, or _Refused, in the order sent
+        # Beside each future: (key, value, rejection, source headers), to reroute it should it be refused.
+        # Plain tuples and parallel lists: this is the output process's per-record hot path.
+        self.records: list[tuple] = []
         self.settled = 0
         self.rerouted: list[Rerouted] = []
         self.failure: str | None = None
@@ -365,26 +386,25 @@ class _Batch:
 
     def settle(self, router: _Router) -> bool:
         """Advance past answered records, rerouting refused ones; True when every record has its answer."""
-        sent = self.sent
-        while self.settled < len(sent) and sent[self.settled].future.is_done:
-            entry = sent[self.settled]
-            error = entry.future.exception if not entry.future.succeeded() else None
-            if isinstance(error, _REFUSED_FOR_SIZE + _REFUSED_AS_INVALID) and not entry.rerouted:
+        futures = self.futures
+        while self.settled < len(futures) and futures[self.settled].is_done:
+            future, position = futures[self.settled], self.settled
+            already_rerouted = bool(self.rerouted) and self.rerouted[-1].position == position
+            if not future.succeeded() and isinstance(future.exception, _REFUSED) and not already_rerouted:
                 try:
-                    reason, future = router.reroute(entry, error)
+                    reason, futures[position] = router.reroute(self.records[position], future.exception)
                 except Exception as unexpected:  # the batch fails and is retried; the child lives on
                     self.fail(f"rerouting a refused record failed: {type(unexpected).__name__}")
                 else:
-                    sent[self.settled] = entry._replace(future=future, rerouted=True)
-                    self.rerouted.append(Rerouted(self.settled, reason))
+                    self.rerouted.append(Rerouted(position, reason))
                     continue
             self.settled += 1
-        return self.settled == len(sent)
+        return self.settled == len(futures)
 
     def report(self) -> BatchReport:
-        failed = [entry.future.exception for entry in self.sent if not entry.future.succeeded()]
+        failed = [future.exception for future in self.futures if not future.succeeded()]
         if failed:
-            return BatchReport(f"{len(failed)} of {len(self.sent)} records were not acknowledged: "
+            return BatchReport(f"{len(failed)} of {len(self.futures)} records were not acknowledged: "
                                f"{type(failed[0]).__name__}: {str(failed[0])[:200]}")
         return BatchReport(self.failure, tuple(self.rerouted))
 

@@ -51,7 +51,7 @@ from kafka.structs import OffsetAndMetadata
 
 from login_pipeline.config import Config
 from login_pipeline.insights import Insights
-from login_pipeline.output import OutputProcess, OutputProcessError, OutputRecord, fits, near_limit, source_headers
+from login_pipeline.output import HandOver, OutputProcess, OutputProcessError, fits, near_limit, source_headers
 from login_pipeline.results import (
     MALFORMED_JSON, PROCESSING_ERROR, RECORD_TOO_LARGE, ProcessedLogin, ProcessingResult, Rejection,
 )
@@ -222,7 +222,7 @@ class Pipeline:
         output_limit = self._output.size_limits[self._config.output_topic]
         results = []
         for tp, messages in batch.items():
-            records = []
+            records = HandOver.of(tp.topic, tp.partition)
             for message in messages:
                 raw = message.value
                 if raw is None:  # legal in Kafka (a tombstone); not a login
@@ -238,15 +238,15 @@ class Pipeline:
                     # Too large for the output topic: the input goes to the dead-letter topic, bytes and all.
                     result = Rejection(RECORD_TOO_LARGE, None, "the processed login is larger than the output topic takes")
                 if result.__class__ is ProcessedLogin:
-                    records.append(OutputRecord(message.offset, result.key, result.value, None))
+                    records.add(message.offset, result.key, result.value)
                 else:  # the dead-letter topic gets the original key and bytes, untouched
-                    records.append(OutputRecord(message.offset, message.key, raw, result))
+                    records.add(message.offset, message.key, raw, result)
                 results.append(result)
-                if len(records) == HANDOVER_RECORDS:
-                    send(tp.topic, tp.partition, records)
-                    records = []
-            if records:
-                send(tp.topic, tp.partition, records)
+                if len(records.offsets) == HANDOVER_RECORDS:
+                    send(records)
+                    records = HandOver.of(tp.topic, tp.partition)
+            if records.offsets:
+                send(records)
         self._output.end_batch()
         return InFlightBatch({tp: messages[0].offset for tp, messages in batch.items()},
                              {tp: messages[-1].offset + 1 for tp, messages in batch.items()}, results)
