@@ -22,7 +22,7 @@ from kafka import KafkaConsumer, KafkaProducer
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from kafka_consumer_processor import process_message  # noqa: E402
 from login_pipeline import config as configuration  # noqa: E402
-from login_pipeline.runner import consumer_settings, producer_settings  # noqa: E402
+from login_pipeline.engines.kafka_python import consumer_settings, producer_settings  # noqa: E402
 
 stopping = []
 signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))

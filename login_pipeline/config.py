@@ -14,6 +14,8 @@ from pathlib import Path
 
 from dotenv import load_dotenv
 
+KAFKA_PYTHON = "kafka-python"
+KAFKA_CLIENTS = (KAFKA_PYTHON, "confluent-kafka")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 MIN_PII_KEY_BYTES = 16
@@ -50,6 +52,8 @@ SETTINGS = (
             "unset: a random key per process (hashes then differ between runs)", secret=True),
     Setting("INSIGHTS_EVERY", "100", "print insights every N messages"),
     Setting("BATCH_SIZE", "2000", "most records polled, produced and committed as one batch"),
+    Setting("KAFKA_CLIENT", KAFKA_PYTHON, f"client library: {' or '.join(KAFKA_CLIENTS)} (librdkafka; "
+            "pip install -r requirements-confluent.txt)"),
     Setting("SECURITY_PROTOCOL", "PLAINTEXT", f"both clusters: one of {', '.join(SECURITY_PROTOCOLS)}"),
     Setting("SASL_MECHANISM", None, f"with SASL_*: one of {', '.join(SASL_MECHANISMS)}"),
     Setting("SASL_USERNAME", None, "with SASL_*: user name"),
@@ -69,21 +73,12 @@ class Config:
     pii_hash_key: bytes | None
     insights_every: int
     batch_size: int
+    kafka_client: str
     security_protocol: str
     sasl_mechanism: str | None
     sasl_username: str | None
     sasl_password: str | None
     ssl_cafile: str | None
-
-    def client_security(self) -> dict[str, str]:
-        """kafka-python settings that let a client reach a secured cluster; empty for PLAINTEXT."""
-        settings = {"security_protocol": self.security_protocol}
-        if self.security_protocol.startswith("SASL"):
-            settings.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=self.sasl_username,
-                            sasl_plain_password=self.sasl_password)
-        if self.ssl_cafile:
-            settings["ssl_cafile"] = self.ssl_cafile
-        return settings
 
     def __repr__(self) -> str:  # secrets stay out of logs and tracebacks
         shown = {f.name: ("***" if f.name in ("pii_hash_key", "sasl_password") and getattr(self, f.name)
@@ -133,6 +128,9 @@ def validate(raw: dict[str, str | None]) -> Config:
         for name in ("SASL_USERNAME", "SASL_PASSWORD"):
             if not raw[name]:
                 raise ConfigError(f"{name} is required with SECURITY_PROTOCOL={protocol}")
+    client = raw["KAFKA_CLIENT"].lower() if raw["KAFKA_CLIENT"].isascii() else raw["KAFKA_CLIENT"]
+    if client not in KAFKA_CLIENTS:
+        raise ConfigError(f"KAFKA_CLIENT={_shown(raw['KAFKA_CLIENT'])} is not one of {', '.join(KAFKA_CLIENTS)}")
     if raw["SSL_CAFILE"] and not Path(raw["SSL_CAFILE"]).is_file():
         raise ConfigError(f"SSL_CAFILE={_shown(raw['SSL_CAFILE'])} is not a readable file")
 
@@ -158,6 +156,7 @@ def validate(raw: dict[str, str | None]) -> Config:
         pii_hash_key=key.encode() if key is not None else None,
         insights_every=_whole_number("INSIGHTS_EVERY", raw["INSIGHTS_EVERY"], MAX_INSIGHTS_EVERY),
         batch_size=_whole_number("BATCH_SIZE", raw["BATCH_SIZE"], MAX_BATCH_SIZE),
+        kafka_client=client,
         security_protocol=protocol,
         sasl_mechanism=mechanism,
         sasl_username=raw["SASL_USERNAME"],

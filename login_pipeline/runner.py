@@ -1,4 +1,4 @@
-"""The run loop: poll → process → produce → commit. The one place that talks to Kafka.
+"""The run loop: poll → process → produce → commit, over the client interfaces of login_pipeline.client.
 
 Contract of `Pipeline.run`:
 - Every input message yields exactly one record: the processed login on the output topic, or the
@@ -6,7 +6,7 @@ Contract of `Pipeline.run`:
   and source.offset headers, so downstream can deduplicate on them.
 - Every record Kafka can deliver is routed: a null value, any key, any headers, any size. One the
   output cluster refuses for what it is goes to the dead-letter topic in a form that fits
-  (login_pipeline.output); the partition never stalls on a record.
+  (login_pipeline.routing); the partition never stalls on a record.
 - Ordering: records are produced in input-offset order per input partition, and the output topic
   is keyed by user id, so one user's logins from one input partition keep their order. After an
   output failure the failed batch and the ones behind it are produced again, after what went
@@ -33,65 +33,62 @@ Contract of `Pipeline.run`:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
-from collections import deque
-from dataclasses import dataclass
-from typing import Callable, Iterator, TextIO
+from typing import Callable, TextIO
 
-from kafka import AsyncConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, TopicPartition
-from kafka.admin import ConfigResource, ConfigResourceType
-from kafka.errors import CommitFailedError, KafkaError, RetriableError
-from kafka.structs import OffsetAndMetadata
-
+from login_pipeline import engines
+from login_pipeline.client import (
+    HandOver, Input, InputRefused, InputUnavailable, Output, OutputGone, Partition, Polled, StartupError,
+)
 from login_pipeline.config import Config
 from login_pipeline.insights import Insights
-from login_pipeline.output import HandOver, OutputProcess, OutputProcessError, fits, near_limit, source_headers
+from login_pipeline.offsets import InFlightBatch, Offsets
 from login_pipeline.results import (
     MALFORMED_JSON, PROCESSING_ERROR, RECORD_TOO_LARGE, ProcessedLogin, ProcessingResult, Rejection,
 )
+from login_pipeline.routing import fits, near_limit, source_headers
 
 log = logging.getLogger(__name__)
 
 Process = Callable[[bytes, float], ProcessingResult]
 
-POLL_TIMEOUT_MS = 500
-DELIVERY_TIMEOUT_MS = 60_000
-# The producer settles every record within its delivery timeout, and a refused one's dead-letter copy within another.
-ACK_TIMEOUT_S = 2 * DELIVERY_TIMEOUT_MS / 1000 + 30
+POLL_TIMEOUT_S = 0.5
 MAX_BACKOFF_S = 30.0
 # Batches handed over but not yet acknowledged while the next is processed. With one, the run loop
 # still waited a quarter of its time for acknowledgements (py-spy); two raised processor/passthrough
 # from 0.74-0.79 to 0.87 (median of 5 alternating runs). Each one adds a batch a crash can repeat.
 IN_FLIGHT_BATCHES = 2
-HANDOVER_RECORDS = 250  # records per hand-over to the output process: pipelined, yet cheap to pickle
-STARTUP_TIMEOUT_MS = 15_000
-SESSION_TIMEOUT_MS = 10_000
-# The rebalance listener runs on the consumer's network thread, which also heartbeats: it may not
-# wait long there, or the group evicts the member.
-REVOKE_SETTLE_S = SESSION_TIMEOUT_MS / 1000 / 4
-# The default 30 s cap meant catching up 20 s after a broker came back; 2 s keeps recovery prompt.
-RECONNECT_BACKOFF_MAX_MS = 2_000
-
-
-class StartupError(Exception):
-    """The clusters or topics are not usable; str() is the one line shown to the user."""
+HANDOVER_RECORDS = 250  # records per hand-over to the output: pipelined, yet cheap to pickle
+SESSION_TIMEOUT_S = 10.0
+# The rebalance handler runs where the client heartbeats (kafka-python's network thread, or inside
+# librdkafka's poll): it may not wait long there, or the group evicts the member.
+REVOKE_SETTLE_S = SESSION_TIMEOUT_S / 4
+FINAL_COMMIT_TIMEOUT_S = 30.0
+NULL_VALUE = Rejection(MALFORMED_JSON, None, "the record has no value (null)")
 
 
 class DeliveryFailed(Exception):
-    """The output cluster did not acknowledge a batch; the consumer was rewound to resend it."""
+    """The output cluster did not acknowledge a batch; the input was rewound to resend it."""
 
 
 class StopRequest:
     """SIGINT/SIGTERM once: stop after the batch in hand. Twice: exit at once (nothing more committed)."""
 
     def __init__(self) -> None:
-        self.requested = False
+        self._event = threading.Event()
+
+    @property
+    def requested(self) -> bool:
+        return self._event.is_set()
+
+    def request(self) -> None:
+        self._event.set()
 
     def install(self) -> None:
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -100,54 +97,27 @@ class StopRequest:
     def _handle(self, signum: int, _frame) -> None:
         if self.requested:
             os._exit(128 + signum)
-        self.requested = True
+        self.request()
         log.info("%s: finishing the current batch, then stopping (again to exit at once)", signal.Signals(signum).name)
 
     def sleep(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while not self.requested and time.monotonic() < deadline:
-            time.sleep(min(0.1, max(deadline - time.monotonic(), 0)))
-
-
-@dataclass
-class InFlightBatch:
-    """A batch handed to the output process whose acknowledgement has not been read yet."""
-
-    first_offsets: dict[TopicPartition, int]
-    next_offsets: dict[TopicPartition, int]
-    results: list[ProcessingResult]
-    # Given up on after a rewind or a revoke: its report is read and ignored, nothing of it is committed.
-    abandoned: bool = False
+        """Wait `seconds`, or less if a stop is requested meanwhile."""
+        self._event.wait(seconds)
 
 
 class Pipeline:
-    def __init__(self, config: Config, process: Process, stop: StopRequest, out: TextIO = sys.stdout) -> None:
+    def __init__(self, config: Config, process: Process, source: Input, output: Output, stop: StopRequest,
+                 out: TextIO = sys.stdout, clock: Callable[[], float] = time.time) -> None:
         self._config = config
         self._process = process
+        self._input = source
+        self._output = output
         self._stop = stop
         self._out = out
+        self._clock = clock
         self.insights = Insights()
-        self._in_flight: deque[InFlightBatch] = deque()
-        self._uncommitted: dict[TopicPartition, OffsetAndMetadata] = {}
-        self._positions: dict[TopicPartition, int] = {}
-        self._consumer, self._output = self._connect()
-
-    def _connect(self) -> tuple[KafkaConsumer, OutputProcess]:
-        config = self._config
-        security = config.client_security()
-        with _client_logs_quiet():
-            _check_topics("input", config.input_bootstrap_servers, security, [config.input_topic])
-            size_limits = _check_topics("output", config.output_bootstrap_servers, security,
-                                        [config.output_topic, config.dlq_topic])
-        try:
-            output = OutputProcess({**producer_settings(config.output_bootstrap_servers), **security},
-                                   config.output_topic, config.dlq_topic, ACK_TIMEOUT_S, size_limits)
-        except OutputProcessError as error:
-            raise StartupError(str(error)) from None
-        consumer = KafkaConsumer(**consumer_settings(config.input_bootstrap_servers, config.consumer_group,
-                                                     config.batch_size), **security)
-        consumer.subscribe([config.input_topic], listener=SettleBeforeRevoke(self))
-        return consumer, output
+        self.offsets = Offsets()
+        source.subscribe(self._settle_before_revoke, self._commit_failed)
 
     def run(self) -> int:
         """Process until stopped; returns the exit code (0: stopped cleanly with everything committed)."""
@@ -165,21 +135,21 @@ class Pipeline:
             if failures:
                 log.error("stopped with an undelivered batch; it was not committed and will be processed on restart")
                 exit_code = 1
-        except OutputProcessError as error:
-            self._in_flight.clear()  # their acknowledgements will never come: left uncommitted
+        except OutputGone as error:
+            self.offsets.in_flight.clear()  # their acknowledgements will never come: left uncommitted
             log.error("%s; nothing was committed past the last acknowledged batch", error)
             exit_code = 1
-        except KafkaError as error:  # not retriable: authorization, a deleted topic, a fenced member...
-            log.error("the input cluster refused the consumer (%s: %s); nothing was committed past the "
-                      "last acknowledged batch", type(error).__name__, error)
+        except InputRefused as error:
+            log.error("the input cluster refused the consumer (%s); nothing was committed past the "
+                      "last acknowledged batch", error)
             exit_code = 1
         finally:
             if not self._commit():
                 log.error("the final commit failed; a restart repeats what %d partitions had uncommitted",
-                          len(self._uncommitted))
+                          self.offsets.pending)
                 exit_code = 1
             self._print_insights(final=True)
-            self._consumer.close(autocommit=False, timeout_ms=10_000)
+            self._input.close()
             self._output.close()
         return exit_code
 
@@ -190,17 +160,17 @@ class Pipeline:
         failures = 0
         while not self._stop.requested:
             try:
-                batch = self._consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
-            except RetriableError as error:
+                polled = self._input.poll(POLL_TIMEOUT_S)
+            except InputUnavailable as error:
                 # The input cluster is away (found by stopping it under load): wait for it, skip nothing.
-                log.warning("the input cluster is unavailable (%s); polling again in 1 s", type(error).__name__)
+                log.warning("the input cluster is unavailable (%s); polling again in 1 s", error)
                 self._stop.sleep(1.0)
                 continue
-            if batch:
-                self._in_flight.append(self._hand_over(batch))
+            if polled:
+                self.offsets.handed_over(self._hand_over(polled))
             # The newest batches stay in flight while the next one is processed; with nothing new, settle all.
             try:
-                if self._settle(keep=IN_FLIGHT_BATCHES if batch else 0):
+                if self._settle(keep=IN_FLIGHT_BATCHES if polled else 0):
                     failures = 0
                     self._commit_in_background()
             except DeliveryFailed:
@@ -215,16 +185,16 @@ class Pipeline:
                 self._print_insights()
         return failures
 
-    def _hand_over(self, batch: dict[TopicPartition, list]) -> InFlightBatch:
-        """Process every message of the batch and hand the records to the output process."""
-        processed_at = time.time()
+    def _hand_over(self, polled: list[Polled]) -> InFlightBatch:
+        """Process every record polled and hand the results to the output."""
+        processed_at = self._clock()
         process, send = self._process, self._output.send
         output_limit = self._output.size_limits[self._config.output_topic]
         results = []
-        for tp, messages in batch.items():
-            records = HandOver.of(tp.topic, tp.partition)
-            for message in messages:
-                raw = message.value
+        for part in polled:
+            partition = part.partition
+            records = HandOver.of(partition)
+            for offset, key, raw in zip(part.offsets, part.keys, part.values):
                 if raw is None:  # legal in Kafka (a tombstone); not a login
                     result: ProcessingResult = NULL_VALUE
                 else:
@@ -232,49 +202,53 @@ class Pipeline:
                         result = process(raw, processed_at)
                     except Exception as error:
                         # A bug in process_message must not stall the partition: park the message instead.
-                        result = _processing_error(error, tp, message.offset)
+                        result = _processing_error(error, partition, offset)
                 if result.__class__ is ProcessedLogin and near_limit(output_limit, result.key, result.value) and not fits(
-                        output_limit, result.key, result.value, source_headers(tp.topic, tp.partition, message.offset)):
+                        output_limit, result.key, result.value, source_headers(*partition, offset)):
                     # Too large for the output topic: the input goes to the dead-letter topic, bytes and all.
                     result = Rejection(RECORD_TOO_LARGE, None, "the processed login is larger than the output topic takes")
                 if result.__class__ is ProcessedLogin:
-                    records.add(message.offset, result.key, result.value)
+                    records.add(offset, result.key, result.value)
                 else:  # the dead-letter topic gets the original key and bytes, untouched
-                    records.add(message.offset, message.key, raw, result)
+                    records.add(offset, key, raw, result)
                 results.append(result)
                 if len(records.offsets) == HANDOVER_RECORDS:
                     send(records)
-                    records = HandOver.of(tp.topic, tp.partition)
+                    records = HandOver.of(partition)
             if records.offsets:
                 send(records)
         self._output.end_batch()
-        return InFlightBatch({tp: messages[0].offset for tp, messages in batch.items()},
-                             {tp: messages[-1].offset + 1 for tp, messages in batch.items()}, results)
+        return InFlightBatch({part.partition: part.offsets[0] for part in polled},
+                             {part.partition: part.offsets[-1] + 1 for part in polled}, results)
 
     def _settle(self, keep: int, within: float | None = None) -> int:
         """Read reports until at most `keep` batches are in flight; returns how many were delivered.
 
-        A failed batch is not committed, nor is any batch behind it: the consumer rewinds to the
+        A failed batch is not committed, nor is any batch behind it: the input rewinds to the
         first offsets in flight, so they are processed and produced again, and DeliveryFailed is
         raised. With `within` (seconds), batches still unreported by then are abandoned instead of
         waited for.
         """
+        offsets = self.offsets
         delivered = 0
         deadline = None if within is None else time.monotonic() + within
-        while len(self._in_flight) > keep:
+        while len(offsets.in_flight) > keep:
             remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             report = self._output.acknowledgement(remaining)
             if report is None:
-                self._abandon_in_flight()
+                offsets.abandon_in_flight()
                 log.warning("%d batches were not acknowledged within %.1f s of a rebalance; left uncommitted, "
-                            "they will be delivered again", len(self._in_flight), within)
+                            "they will be delivered again", len(offsets.in_flight), within)
                 break
-            batch = self._in_flight.popleft()
+            batch = offsets.oldest()
             if batch.abandoned:
                 continue
             if report.failure:
                 log.error("the output cluster did not acknowledge the batch: %s", report.failure)
-                self._rewind(batch)
+                assigned = self._input.assignment()
+                for partition, offset in offsets.rewind_from(batch).items():
+                    if partition in assigned:
+                        self._input.seek(partition, offset)
                 raise DeliveryFailed(report.failure)
             delivered += 1
             for rerouted in report.rerouted:
@@ -283,26 +257,8 @@ class Pipeline:
             # Insights count a message once, when its batch is delivered, however often it was retried.
             for result in batch.results:
                 self.insights.observe(result)
-            for tp, next_offset in batch.next_offsets.items():
-                self._uncommitted[tp] = OffsetAndMetadata(next_offset, "", -1)
-                self._positions[tp] = next_offset
+            offsets.delivered(batch)
         return delivered
-
-    def _abandon_in_flight(self) -> None:
-        for batch in self._in_flight:
-            batch.abandoned = True
-
-    def _rewind(self, failed: InFlightBatch) -> None:
-        """Abandon the failed batch and every batch behind it; seek back to the first offsets among them."""
-        abandoned = [failed, *(batch for batch in self._in_flight if not batch.abandoned)]
-        self._abandon_in_flight()  # produced again after the rewind, whatever becomes of them
-        first_offsets = {}
-        for batch in reversed(abandoned):  # older batches overwrite: the earliest offset wins
-            first_offsets.update(batch.first_offsets)
-        assigned = self._consumer.assignment()
-        for tp, offset in first_offsets.items():
-            if tp in assigned:
-                self._consumer.seek(tp, offset)
 
     def _commit_in_background(self) -> None:
         """Send the commit of every delivered offset without waiting for its answer.
@@ -310,168 +266,50 @@ class Pipeline:
         Waiting took an eighth of the run loop's time (profiled with py-spy under load). Commits are
         answered in order; after a failed one, the next commit repeats every delivered position.
         """
-        if self._uncommitted:
-            offsets, self._uncommitted = self._uncommitted, {}
-            self._consumer.commit_async(offsets, callback=self._commit_answered)
+        offsets = self.offsets.take_commit()
+        if offsets:
+            self._input.commit_in_background(offsets)
 
-    def _commit_answered(self, _offsets, response) -> None:
-        if isinstance(response, Exception):
-            log.warning("commit failed (%s); will retry with the next batch", type(response).__name__)
-            for tp, next_offset in self._positions.items():
-                self._uncommitted.setdefault(tp, OffsetAndMetadata(next_offset, "", -1))
+    def _commit_failed(self, error: str) -> None:
+        log.warning("commit failed (%s); will retry with the next batch", error)
+        self.offsets.commit_failed()
 
     def _commit(self) -> bool:
         """Commit every delivered offset and wait; False when it failed (kept for the next try: duplicates, never loss)."""
-        if not self._uncommitted:
+        offsets = self.offsets.take_commit()
+        if not offsets:
             return True
-        offsets = self._uncommitted
-        try:
-            self._consumer.commit(offsets=offsets, timeout_ms=30_000)
-            self._uncommitted = {}
+        if self._input.commit(offsets, FINAL_COMMIT_TIMEOUT_S):
             return True
-        except CommitFailedError:
-            # The group rebalanced away from us; the new owner resumes from the last committed offsets.
-            log.warning("commit rejected after a rebalance; the new owner will repeat what %d partitions had "
-                        "uncommitted", len(offsets))
-        except KafkaError as error:
-            log.warning("commit failed (%s)", type(error).__name__)
+        self.offsets.commit_failed()
         return False
 
-    async def settle_and_commit_before_revoke(self, revoked) -> None:
-        """Called by the consumer before partitions go: settle what is in flight, commit what was delivered."""
+    def _settle_before_revoke(self, revoked: set[Partition]) -> dict[Partition, int]:
+        """Before partitions go: settle what is in flight (bounded), return what was delivered to commit."""
         try:
             self._settle(keep=0, within=REVOKE_SETTLE_S)
         except DeliveryFailed:
             pass  # rewound and left uncommitted; whoever owns the partitions next processes it again
-        except OutputProcessError:
-            self._in_flight.clear()  # the run loop meets the same error at its next hand-over and stops
-        for tp in revoked:
-            self._positions.pop(tp, None)  # never committed again by us, should a later commit fail
-        if not self._uncommitted:
-            return
-        offsets, self._uncommitted = self._uncommitted, {}
-        try:
-            await self._consumer.commit_async(offsets)
-        except KafkaError as error:
-            log.warning("commit before a rebalance failed (%s); the new owner will repeat what %d partitions "
-                        "had uncommitted", type(error).__name__, len(offsets))
-
-    def _lag(self) -> int | None:
-        lags = []
-        for tp in self._consumer.assignment():
-            highwater, position = self._consumer.highwater(tp), self._positions.get(tp)
-            if highwater is None or position is None:
-                return None
-            lags.append(max(highwater - position, 0))
-        return sum(lags) if lags else None
+        except OutputGone:
+            self.offsets.in_flight.clear()  # the run loop meets the same error at its next hand-over and stops
+        offsets = self.offsets.take_commit()
+        self.offsets.forget(revoked)
+        return offsets
 
     def _print_insights(self, final: bool = False) -> None:
-        block = self.insights.render(self._lag(), title="final insights" if final else "insights")
+        lag = self._input.lag(self.offsets.positions)
+        block = self.insights.render(lag, title="final insights" if final else "insights")
         print(block, file=self._out, flush=True)
 
 
-class SettleBeforeRevoke(AsyncConsumerRebalanceListener):
-    """Nothing consumed from a partition stays pending when it is revoked.
-
-    The consumer runs this on its IO thread while the run loop waits inside poll or close, so it
-    never races the loop. Async, because only an awaited commit can be made from that thread.
-    """
-
-    def __init__(self, pipeline: Pipeline) -> None:
-        self._pipeline = pipeline
-
-    async def on_partitions_revoked(self, revoked) -> None:
-        await self._pipeline.settle_and_commit_before_revoke(revoked)
-
-    async def on_partitions_assigned(self, assigned) -> None:
-        pass
-
-
-def consumer_settings(servers, group: str, batch_size: int) -> dict:
-    """The input side: manual commits only, a new group starts at the beginning, batches of batch_size."""
-    return dict(
-        bootstrap_servers=list(servers),
-        group_id=group,
-        client_id="login-processor",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",  # nothing is skipped when a group starts
-        max_poll_records=batch_size,
-        # A crashed member's partitions wait this long for a new owner (the default is 45 s).
-        session_timeout_ms=SESSION_TIMEOUT_MS,
-        heartbeat_interval_ms=SESSION_TIMEOUT_MS // 4,
-        reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
-    )
-
-
-def producer_settings(servers) -> dict:
-    """The output side: every record acknowledged by all in-sync replicas, no duplicates from retries."""
-    return dict(
-        bootstrap_servers=list(servers),
-        client_id="login-processor",
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=5,
-        batch_size=256 * 1024,
-        delivery_timeout_ms=DELIVERY_TIMEOUT_MS,
-        max_block_ms=30_000,
-        reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
-    )
-
-
-NULL_VALUE = Rejection(MALFORMED_JSON, None, "the record has no value (null)")
-
-
-def _processing_error(error: Exception, tp: TopicPartition, offset: int) -> Rejection:
+def _processing_error(error: Exception, partition: Partition, offset: int) -> Rejection:
     """The rejection, and one log line, for process_message raising: its type and where, never its text,
     which may quote the input (an ip, say)."""
     frames = traceback.extract_tb(error.__traceback__)
     where = f"{frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}" if frames else "unknown"
     log.error("process_message raised %s (%s) at %s:%d offset %d; sent to the dead-letter topic",
-              type(error).__name__, where, tp.topic, tp.partition, offset)
+              type(error).__name__, where, partition.topic, partition.partition, offset)
     return Rejection(PROCESSING_ERROR, None, f"process_message raised {type(error).__name__}")
-
-
-@contextlib.contextmanager
-def _client_logs_quiet() -> Iterator[None]:
-    """Silence the client's own retry chatter while start-up checks run: their outcome is one line of ours."""
-    client_log = logging.getLogger("kafka")
-    level = client_log.level
-    client_log.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        client_log.setLevel(level)
-
-
-def _check_topics(name: str, servers: tuple[str, ...], security: dict, topics: list[str]) -> dict[str, int]:
-    """Fail fast, with one line, when a cluster is unreachable or lacks a topic the pipeline needs.
-
-    Returns each topic's max.message.bytes where the cluster tells it (DescribeConfigs), so records
-    too large for a topic are known before they are sent.
-    """
-    try:
-        with KafkaAdminClient(bootstrap_servers=list(servers), bootstrap_timeout_ms=STARTUP_TIMEOUT_MS,
-                              request_timeout_ms=STARTUP_TIMEOUT_MS, **security) as admin:
-            existing = set(admin.list_topics())
-            missing = [topic for topic in topics if topic not in existing]
-            if missing:
-                raise StartupError(f"topic {missing[0]!r} does not exist on the {name} cluster at {','.join(servers)}")
-            return _size_limits(admin, topics)
-    except KafkaError as error:
-        raise StartupError(f"cannot reach the {name} cluster at {','.join(servers)} ({type(error).__name__})") from None
-
-
-def _size_limits(admin: KafkaAdminClient, topics: list[str]) -> dict[str, int]:
-    try:
-        described = admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": None}) for topic in topics],
-            config_filter="all")
-        return {topic: int(configs["max.message.bytes"]["value"])
-                for topic, configs in described.get("topic", {}).items() if "max.message.bytes" in configs}
-    except KafkaError as error:  # not allowed to describe: the producer's own limit applies
-        log.warning("cannot read max.message.bytes of %s (%s); assuming the producer's limit",
-                    ", ".join(topics), type(error).__name__)
-        return {}
 
 
 def main(config: Config, process: Process) -> int:
@@ -479,8 +317,8 @@ def main(config: Config, process: Process) -> int:
     stop = StopRequest()
     stop.install()
     try:
-        pipeline = Pipeline(config, process, stop)
+        source, output = engines.connect(config)
     except StartupError as error:
         log.error("%s", error)
         return 1
-    return pipeline.run()
+    return Pipeline(config, process, source, output, stop).run()

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from login_pipeline.config import SETTINGS, ConfigError, load
+from login_pipeline.engines.kafka_python import client_security
 
 
 def test_defaults_are_the_documented_ones():
@@ -15,7 +16,8 @@ def test_defaults_are_the_documented_ones():
     assert config.consumer_group == "login-processor"
     assert config.insights_every == 100
     assert config.pii_hash_key is None
-    assert config.client_security() == {"security_protocol": "PLAINTEXT"}
+    assert client_security(config) == {"security_protocol": "PLAINTEXT"}
+    assert config.kafka_client == "kafka-python"
 
 
 def test_flags_override_the_environment_and_blank_values_mean_unset():
@@ -43,7 +45,7 @@ def test_sasl_settings_pass_through_to_the_clients(tmp_path):
     ca.write_text("certificate")
     config = load([], "test", environ={"SECURITY_PROTOCOL": "sasl_ssl", "SASL_MECHANISM": "scram-sha-512",
                                        "SASL_USERNAME": "svc", "SASL_PASSWORD": "pw", "SSL_CAFILE": str(ca)})
-    assert config.client_security() == {
+    assert client_security(config) == {
         "security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512", "sasl_plain_username": "svc",
         "sasl_plain_password": "pw", "ssl_cafile": str(ca),
     }

@@ -11,7 +11,7 @@ import pytest
 
 from kafka_consumer_processor import process_message
 from local_kafka.generator import FeedProfile, generate
-from login_pipeline.output import keyed_partition
+from login_pipeline.engines.kafka_python_output import keyed_partition
 from login_pipeline.results import ProcessedLogin
 from tests.kafka_helpers import (
     PROJECT_DIR, TEST_PII_KEY, Processor, Topics, caught_up, committed_offsets, delivery, end_offsets, produce,

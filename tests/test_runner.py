@@ -2,8 +2,7 @@
 
 import logging
 
-from kafka import TopicPartition
-
+from login_pipeline.client import Partition
 from login_pipeline.runner import NULL_VALUE, _processing_error
 
 
@@ -16,7 +15,7 @@ def test_a_processing_error_names_the_exception_type_and_place_never_its_text(ca
         failing_rule(b"203.0.113.9")
     except ValueError as error:
         with caplog.at_level(logging.ERROR):
-            rejection = _processing_error(error, TopicPartition("user-login", 2), 41)
+            rejection = _processing_error(error, Partition("user-login", 2), 41)
     assert (rejection.reason, rejection.field) == ("processing_error", None)
     assert rejection.message == "process_message raised ValueError"
     assert "203.0.113.9" not in caplog.text

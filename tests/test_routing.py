@@ -6,7 +6,8 @@ from kafka.partitioner.default import murmur2 as kafka_python_murmur2
 
 from kafka.record.default_records import DefaultRecordBatchBuilder
 
-from login_pipeline.output import fits, keyed_partition, murmur2, near_limit, source_headers
+from login_pipeline.engines.kafka_python_output import keyed_partition, murmur2
+from login_pipeline.routing import fits, near_limit, source_headers
 
 
 @settings(max_examples=3000)

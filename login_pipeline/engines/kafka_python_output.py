@@ -6,20 +6,12 @@ while the other stood idle. Producing from a second process lets processing and 
 both cores; the run loop's contract is unchanged, because it commits a batch only after the
 output process has reported that every record of the batch was acknowledged by the output cluster.
 
-Contract of `OutputProcess`:
-- Records of one `send` call are produced in the order given, after those of earlier calls.
-- `end_batch` closes a batch: every record sent since the previous `end_batch`. Batches are
-  reported in the order they were closed, as a `BatchReport`: no failure only when every record
-  of the batch was acknowledged (acks=all, idempotent producer); otherwise a one-line reason.
-  Nothing is dropped silently. The child keeps producing later batches meanwhile, so the run loop
-  can process the next batch while this one is on the wire.
-- Every record is routed, never fatal, never stuck. A dead letter whose value is null is sent with
-  an empty value and the header dlq.null_value=true (Kafka refuses a record with neither key nor
-  value, and a null value would read as a tombstone). A record the output cluster refuses for what
-  it is (too large, invalid) is sent to the dead-letter topic instead, in a form that fits: no
-  value, the key when it is small, and headers saying why and how large it was; the report lists
-  it as rerouted. Transient failures (a broker away, a leader moving) are retried by the producer
-  within its delivery timeout, then reported as the batch's failure, for the run loop to retry.
+`OutputProcess` is login_pipeline.client.Output; its contract is stated there. Here besides:
+- Partitioning is done here, by the default partitioner's rule with a faster murmur2, so each
+  user's records go where Java's and kafka-python's producers would put them.
+- A record too large for its topic is refused before it is sent: kafka-python's idempotent
+  producer treats a broker's refusal of a one-record batch as fatal. A producer left fatal all the
+  same is replaced by a new one, and the batches it failed are retried.
 - An exception the child did not expect fails the batch it happened in; the child never dies of it.
 - The child ignores SIGINT and SIGTERM (the parent decides when to stop) and exits when the parent
   closes it or disappears, so it never outlives the processor.
@@ -35,15 +27,19 @@ import socket
 import struct
 from collections import deque
 from multiprocessing.connection import Connection
-from typing import NamedTuple, Optional
+from typing import Optional
 
 from kafka import KafkaProducer
-from kafka.record.default_records import DefaultRecordBatchBuilder
 from kafka.errors import (
     CorruptRecordError, InvalidRecordError, KafkaError, MessageSizeTooLargeError, RecordListTooLargeError,
 )
 
-from login_pipeline.results import RECORD_REJECTED, RECORD_TOO_LARGE, Rejection
+from login_pipeline.client import BatchReport, HandOver, OutputGone, Rerouted
+from login_pipeline.results import RECORD_REJECTED, RECORD_TOO_LARGE
+from login_pipeline.routing import (
+    DEFAULT_MAX_REQUEST_SIZE, SOURCE_OFFSET, dead_letter, effective_limits, fits, partition_headers,
+    refused_dead_letter,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,72 +50,6 @@ ACK_CHECK_INTERVAL_S = 0.001  # how often the child looks for acknowledgements w
 _REFUSED_FOR_SIZE = (MessageSizeTooLargeError, RecordListTooLargeError)
 _REFUSED_AS_INVALID = (InvalidRecordError, CorruptRecordError)
 _REFUSED = _REFUSED_FOR_SIZE + _REFUSED_AS_INVALID
-MAX_REROUTED_KEY_BYTES = 1024  # a refused record's key goes along to the dead-letter topic up to this size
-# Below (size limit - this) a record's key and value cannot make it too large, whatever its headers
-# (topic name at most 249 bytes, our dlq.* sentences, the batch's own overhead): no exact estimate needed.
-SIZE_HEADROOM_BYTES = 2048
-DEFAULT_MAX_REQUEST_SIZE = 1_048_576  # kafka-python's and Java's max.request.size
-
-
-class HandOver(NamedTuple):
-    """Records of one input partition, in offset order, handed to the output process in one message.
-
-    Columns rather than a record object each: pickling 250 small NamedTuples cost 1.0 us a record
-    against 0.08 us for plain lists (measured with timeit), on the run loop's hot path.
-    """
-
-    topic: str
-    partition: int
-    offsets: list[int]
-    keys: list[Optional[bytes]]
-    values: list[Optional[bytes]]
-    rejections: dict[int, Rejection]  # by index: these go to the dead-letter topic, the rest are processed logins
-
-    @classmethod
-    def of(cls, topic: str, partition: int) -> "HandOver":
-        return cls(topic, partition, [], [], [], {})
-
-    def add(self, offset: int, key: Optional[bytes], value: Optional[bytes], rejection: Optional[Rejection] = None) -> None:
-        if rejection is not None:
-            self.rejections[len(self.offsets)] = rejection
-        self.offsets.append(offset)
-        self.keys.append(key)
-        self.values.append(value)
-
-
-class Rerouted(NamedTuple):
-    """A record of the batch that the output cluster refused, and that went to the dead-letter topic instead."""
-
-    position: int  # its index among the batch's records, in the order they were sent
-    reason: str  # RECORD_TOO_LARGE or RECORD_REJECTED
-
-
-class BatchReport(NamedTuple):
-    failure: Optional[str]  # None: every record of the batch was acknowledged
-    rerouted: tuple[Rerouted, ...] = ()
-
-
-SOURCE_OFFSET = "source.offset"
-
-
-def partition_headers(topic: str, partition: int) -> list[tuple[str, bytes]]:
-    return [("source.topic", topic.encode()), ("source.partition", str(partition).encode())]
-
-
-def source_headers(topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
-    """The headers every output and dead-letter record carries: where in the input it came from."""
-    return [*partition_headers(topic, partition), (SOURCE_OFFSET, str(offset).encode())]
-
-
-def near_limit(limit: int, key: bytes | None, value: bytes) -> bool:
-    """Cheap first look: False when a record this size fits `limit` whatever its headers."""
-    return len(value) + (len(key) if key else 0) + SIZE_HEADROOM_BYTES > limit
-
-
-def fits(limit: int, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> bool:
-    """Whether a record, alone in its batch, stays within `limit` bytes (a topic's max.message.bytes)."""
-    return not near_limit(limit, key, value) or \
-        DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers) <= limit
 
 
 def keyed_partition(key: bytes, partitions: int) -> int:
@@ -152,17 +82,12 @@ def murmur2(data: bytes) -> int:
     return h ^ (h >> 15)
 
 
-class OutputProcessError(RuntimeError):
-    """The output process did not start, stopped answering, or exited; str() says which."""
-
-
 class OutputProcess:
     def __init__(self, producer_settings: dict, output_topic: str, dlq_topic: str, timeout: float,
                  size_limits: dict[str, int]) -> None:
         """Start the child; `size_limits` is each topic's largest record batch in bytes (max.message.bytes)."""
-        request_limit = producer_settings.get("max_request_size", DEFAULT_MAX_REQUEST_SIZE)
-        self.size_limits = {topic: min(size_limits.get(topic, request_limit), request_limit)
-                            for topic in (output_topic, dlq_topic)}
+        self.size_limits = effective_limits(size_limits, (output_topic, dlq_topic),
+                                            producer_settings.get("max_request_size", DEFAULT_MAX_REQUEST_SIZE))
         context = multiprocessing.get_context("spawn")  # no threads or sockets inherited from the parent
         self._connection, child_end = context.Pipe()
         _widen_send_buffer(self._connection)
@@ -175,7 +100,7 @@ class OutputProcess:
         reply = self._receive(timeout=60)
         if reply != _READY:
             self.close()
-            raise OutputProcessError(f"the output process did not start: {reply}")
+            raise OutputGone(f"the output process did not start: {reply}")
 
     def send(self, records: HandOver) -> None:
         """Hand over records of one input partition; a full pipe blocks, which is the backpressure."""
@@ -185,13 +110,13 @@ class OutputProcess:
         """Close the batch: its acknowledgement will be reported after those of earlier batches."""
         self._send(_END_BATCH)
 
-    def acknowledgement(self, timeout: float | None = None) -> BatchReport | None:
+    def acknowledgement(self, timeout_s: float | None = None) -> BatchReport | None:
         """The report of the oldest unreported batch, waiting up to `timeout` seconds for it.
 
-        With no timeout, waits up to the acknowledgement timeout and raises OutputProcessError if
+        With no timeout, waits up to the acknowledgement timeout and raises OutputGone if
         nothing came; with one, returns None when nothing came in that time.
         """
-        if timeout is not None and not self._connection.poll(timeout):
+        if timeout_s is not None and not self._connection.poll(timeout_s):
             return None
         return self._receive(timeout=self._timeout)
 
@@ -199,7 +124,7 @@ class OutputProcess:
         try:
             self._connection.send(message)
         except OSError as error:
-            raise OutputProcessError(f"the output process is gone ({error})") from None
+            raise OutputGone(f"the output process is gone ({error})") from None
 
     def close(self) -> None:
         try:
@@ -214,11 +139,11 @@ class OutputProcess:
 
     def _receive(self, timeout: float):
         if not self._connection.poll(timeout):
-            raise OutputProcessError(f"the output process did not answer within {timeout:.0f} s")
+            raise OutputGone(f"the output process did not answer within {timeout:.0f} s")
         try:
             return self._connection.recv()
         except EOFError:
-            raise OutputProcessError(f"the output process exited (code {self._process.exitcode})") from None
+            raise OutputGone(f"the output process exited (code {self._process.exitcode})") from None
 
 
 def _widen_send_buffer(connection: Connection) -> None:
@@ -317,33 +242,15 @@ class _Router:
                         return
                 sent_future(self._send(self._output_topic, key, value, headers, keyed_partition(key, self._partitions)))
             else:
-                sent_future(self._send_dead_letter(key, value, rejection, headers))
+                sent_future(self._send(self._dlq_topic, *dead_letter(key, value, rejection, headers), None))
             sent_record((key, value, rejection, headers))
 
     def reroute(self, record: tuple, error: Exception):
         """Send the dead-letter form of a record that was refused for what it is; returns (reason, its future)."""
         reason = RECORD_TOO_LARGE if isinstance(error, _REFUSED_FOR_SIZE) else RECORD_REJECTED
         key, value, rejection, source = record
-        keep_key = key is not None and len(key) <= MAX_REROUTED_KEY_BYTES
-        headers = [*source,
-                   ("dlq.reason", reason.encode()),
-                   ("dlq.error", f"the output cluster refused the record ({type(error).__name__}); "
-                                 "its value is left out".encode()),
-                   ("dlq.value_bytes", b"null" if value is None else str(len(value)).encode()),
-                   ("dlq.key_bytes", b"null" if key is None else str(len(key)).encode())]
-        if rejection is not None:
-            headers.append(("dlq.refused_reason", rejection.reason.encode()))
-        return reason, self._send(self._dlq_topic, key if keep_key else None, b"", headers, None)
-
-    def _send_dead_letter(self, key: Optional[bytes], value: Optional[bytes], rejection: Rejection, headers: list):
-        headers = [*headers, ("dlq.reason", rejection.reason.encode())]
-        if rejection.field is not None:
-            headers.append(("dlq.field", rejection.field.encode()))
-        headers.append(("dlq.error", rejection.message.encode()))
-        if value is None:
-            headers.append(("dlq.null_value", b"true"))
-            value = b""
-        return self._send(self._dlq_topic, key, value, headers, None)
+        key, value, headers = refused_dead_letter(key, value, rejection, source, reason, type(error).__name__)
+        return reason, self._send(self._dlq_topic, key, value, headers, None)
 
     def _send(self, topic: str, key, value, headers: list, partition):
         # A record the topic cannot hold is refused here, not by the broker: kafka-python's idempotent

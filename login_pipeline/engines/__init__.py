@@ -1,0 +1,26 @@
+"""Engines: one Kafka client library each, behind the interfaces of login_pipeline.client.
+
+`kafka-python` (the default) and `confluent-kafka` (librdkafka), chosen by KAFKA_CLIENT. An engine
+owns everything client-specific: its consumer and producer settings, how the security settings map
+to its option names, and its start-up checks. Only the chosen one's library is imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from login_pipeline.client import Input, Output, StartupError
+from login_pipeline.config import KAFKA_PYTHON, Config
+
+_MODULES = {KAFKA_PYTHON: "login_pipeline.engines.kafka_python", "confluent-kafka": "login_pipeline.engines.confluent"}
+_PACKAGES = {KAFKA_PYTHON: "requirements.txt", "confluent-kafka": "requirements-confluent.txt"}
+
+
+def connect(config: Config) -> tuple[Input, Output]:
+    """Check both clusters and their topics, start the output, join the group; StartupError says why not."""
+    try:
+        engine = importlib.import_module(_MODULES[config.kafka_client])
+    except ModuleNotFoundError as missing:
+        raise StartupError(f"KAFKA_CLIENT={config.kafka_client} needs the Python package {missing.name!r}: "
+                           f"pip install -r {_PACKAGES[config.kafka_client]}") from None
+    return engine.connect(config)

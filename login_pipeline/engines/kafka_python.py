@@ -1,0 +1,224 @@
+"""The kafka-python engine (the default): a KafkaConsumer in the run loop's process, the producer in a child.
+
+Why a child process for the producer: see login_pipeline.engines.kafka_python_output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Iterator, Optional
+
+from kafka import AsyncConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka.admin import ConfigResource, ConfigResourceType
+from kafka.errors import CommitFailedError, KafkaError, RetriableError
+from kafka.structs import OffsetAndMetadata
+
+from login_pipeline.client import (
+    CommitFailureHandler, InputRefused, InputUnavailable, OutputGone, Partition, Polled, RevokeHandler,
+    StartupError,
+)
+from login_pipeline.config import Config
+from login_pipeline.engines.kafka_python_output import OutputProcess
+
+log = logging.getLogger(__name__)
+
+DELIVERY_TIMEOUT_MS = 60_000
+# The producer settles every record within its delivery timeout, and a refused one's dead-letter copy within another.
+ACK_TIMEOUT_S = 2 * DELIVERY_TIMEOUT_MS / 1000 + 30
+STARTUP_TIMEOUT_MS = 15_000
+SESSION_TIMEOUT_MS = 10_000
+# The default 30 s cap meant catching up 20 s after a broker came back; 2 s keeps recovery prompt.
+RECONNECT_BACKOFF_MAX_MS = 2_000
+
+
+def connect(config: Config) -> tuple["KafkaPythonInput", OutputProcess]:
+    security = client_security(config)
+    with _client_logs_quiet():
+        check_topics("input", config.input_bootstrap_servers, security, [config.input_topic])
+        size_limits = check_topics("output", config.output_bootstrap_servers, security,
+                                   [config.output_topic, config.dlq_topic])
+    try:
+        output = OutputProcess({**producer_settings(config.output_bootstrap_servers), **security},
+                               config.output_topic, config.dlq_topic, ACK_TIMEOUT_S, size_limits)
+    except OutputGone as error:
+        raise StartupError(str(error)) from None
+    consumer = KafkaConsumer(**consumer_settings(config.input_bootstrap_servers, config.consumer_group,
+                                                 config.batch_size), **security)
+    return KafkaPythonInput(consumer, config.input_topic), output
+
+
+def client_security(config: Config) -> dict[str, str]:
+    """kafka-python settings that let a client reach a secured cluster; only the protocol for PLAINTEXT."""
+    settings = {"security_protocol": config.security_protocol}
+    if config.security_protocol.startswith("SASL"):
+        settings.update(sasl_mechanism=config.sasl_mechanism, sasl_plain_username=config.sasl_username,
+                        sasl_plain_password=config.sasl_password)
+    if config.ssl_cafile:
+        settings["ssl_cafile"] = config.ssl_cafile
+    return settings
+
+
+def consumer_settings(servers, group: str, batch_size: int) -> dict:
+    """The input side: manual commits only, a new group starts at the beginning, batches of batch_size."""
+    return dict(
+        bootstrap_servers=list(servers),
+        group_id=group,
+        client_id="login-processor",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",  # nothing is skipped when a group starts
+        max_poll_records=batch_size,
+        # A crashed member's partitions wait this long for a new owner (the default is 45 s).
+        session_timeout_ms=SESSION_TIMEOUT_MS,
+        heartbeat_interval_ms=SESSION_TIMEOUT_MS // 4,
+        reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
+    )
+
+
+def producer_settings(servers) -> dict:
+    """The output side: every record acknowledged by all in-sync replicas, no duplicates from retries."""
+    return dict(
+        bootstrap_servers=list(servers),
+        client_id="login-processor",
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        batch_size=256 * 1024,
+        delivery_timeout_ms=DELIVERY_TIMEOUT_MS,
+        max_block_ms=30_000,
+        reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
+    )
+
+
+class KafkaPythonInput:
+    """login_pipeline.client.Input over kafka-python's KafkaConsumer."""
+
+    def __init__(self, consumer: KafkaConsumer, topic: str) -> None:
+        self._consumer = consumer
+        self._topic = topic
+        self._on_commit_failure: Optional[CommitFailureHandler] = None
+
+    def subscribe(self, on_revoke: RevokeHandler, on_commit_failure: CommitFailureHandler) -> None:
+        self._on_commit_failure = on_commit_failure
+        self._consumer.subscribe([self._topic], listener=_CommitBeforeRevoke(self._consumer, on_revoke))
+
+    def poll(self, timeout_s: float) -> list[Polled]:
+        try:
+            batch = self._consumer.poll(timeout_ms=int(timeout_s * 1000))
+        except RetriableError as error:
+            raise InputUnavailable(type(error).__name__) from None
+        except KafkaError as error:  # not retriable: authorization, a deleted topic, a fenced member...
+            raise InputRefused(f"{type(error).__name__}: {error}") from None
+        return [Polled(Partition(tp.topic, tp.partition), [m.offset for m in messages],
+                       [m.key for m in messages], [m.value for m in messages])
+                for tp, messages in batch.items()]
+
+    def seek(self, partition: Partition, offset: int) -> None:
+        self._consumer.seek(TopicPartition(*partition), offset)
+
+    def commit_in_background(self, offsets: dict[Partition, int]) -> None:
+        self._consumer.commit_async(_kafka_offsets(offsets), callback=self._commit_answered)
+
+    def _commit_answered(self, _offsets, response) -> None:
+        if isinstance(response, Exception) and self._on_commit_failure is not None:
+            self._on_commit_failure(type(response).__name__)
+
+    def commit(self, offsets: dict[Partition, int], timeout_s: float) -> bool:
+        try:
+            self._consumer.commit(offsets=_kafka_offsets(offsets), timeout_ms=int(timeout_s * 1000))
+            return True
+        except CommitFailedError:
+            # The group rebalanced away from us; the new owner resumes from the last committed offsets.
+            log.warning("commit rejected after a rebalance; the new owner will repeat what %d partitions had "
+                        "uncommitted", len(offsets))
+        except KafkaError as error:
+            log.warning("commit failed (%s)", type(error).__name__)
+        return False
+
+    def assignment(self) -> set[Partition]:
+        return {Partition(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+
+    def lag(self, positions: dict[Partition, int]) -> Optional[int]:
+        lags = []
+        for tp in self._consumer.assignment():
+            highwater, position = self._consumer.highwater(tp), positions.get(Partition(tp.topic, tp.partition))
+            if highwater is None or position is None:
+                return None
+            lags.append(max(highwater - position, 0))
+        return sum(lags) if lags else None
+
+    def close(self) -> None:
+        self._consumer.close(autocommit=False, timeout_ms=10_000)
+
+
+class _CommitBeforeRevoke(AsyncConsumerRebalanceListener):
+    """Nothing acknowledged from a partition stays uncommitted when it is revoked.
+
+    The consumer runs this on its IO thread while the run loop waits inside poll or close, so it
+    never races the loop. Async, because only an awaited commit can be made from that thread, and
+    awaiting it lets heartbeats go on meanwhile.
+    """
+
+    def __init__(self, consumer: KafkaConsumer, on_revoke: RevokeHandler) -> None:
+        self._consumer = consumer
+        self._on_revoke = on_revoke
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        offsets = self._on_revoke({Partition(tp.topic, tp.partition) for tp in revoked})
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit_async(_kafka_offsets(offsets))
+        except KafkaError as error:
+            log.warning("commit before a rebalance failed (%s); the new owner will repeat what %d partitions "
+                        "had uncommitted", type(error).__name__, len(offsets))
+
+    async def on_partitions_assigned(self, assigned) -> None:
+        pass
+
+
+def _kafka_offsets(offsets: dict[Partition, int]) -> dict[TopicPartition, OffsetAndMetadata]:
+    return {TopicPartition(*partition): OffsetAndMetadata(offset, "", -1) for partition, offset in offsets.items()}
+
+
+@contextlib.contextmanager
+def _client_logs_quiet() -> Iterator[None]:
+    """Silence the client's own retry chatter while start-up checks run: their outcome is one line of ours."""
+    client_log = logging.getLogger("kafka")
+    level = client_log.level
+    client_log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        client_log.setLevel(level)
+
+
+def check_topics(name: str, servers: tuple[str, ...], security: dict, topics: list[str]) -> dict[str, int]:
+    """Fail fast, with one line, when a cluster is unreachable or lacks a topic the pipeline needs.
+
+    Returns each topic's max.message.bytes where the cluster tells it (DescribeConfigs), so records
+    too large for a topic are known before they are sent.
+    """
+    try:
+        with KafkaAdminClient(bootstrap_servers=list(servers), bootstrap_timeout_ms=STARTUP_TIMEOUT_MS,
+                              request_timeout_ms=STARTUP_TIMEOUT_MS, **security) as admin:
+            existing = set(admin.list_topics())
+            missing = [topic for topic in topics if topic not in existing]
+            if missing:
+                raise StartupError(f"topic {missing[0]!r} does not exist on the {name} cluster at {','.join(servers)}")
+            return _size_limits(admin, topics)
+    except KafkaError as error:
+        raise StartupError(f"cannot reach the {name} cluster at {','.join(servers)} ({type(error).__name__})") from None
+
+
+def _size_limits(admin: KafkaAdminClient, topics: list[str]) -> dict[str, int]:
+    try:
+        described = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": None}) for topic in topics],
+            config_filter="all")
+        return {topic: int(configs["max.message.bytes"]["value"])
+                for topic, configs in described.get("topic", {}).items() if "max.message.bytes" in configs}
+    except KafkaError as error:  # not allowed to describe: the producer's own limit applies
+        log.warning("cannot read max.message.bytes of %s (%s); assuming the producer's limit",
+                    ", ".join(topics), type(error).__name__)
+        return {}

@@ -1,0 +1,84 @@
+"""Offsets: what is in flight, what was delivered, what is still to commit. No I/O here.
+
+The one failure policy: an offset is committed only after the output acknowledged its batch and
+every batch before it; whatever goes wrong (a failed delivery, a failed commit, a revoke that could
+not wait), offsets are left uncommitted or repeated, never skipped, so the cost is duplicates,
+never loss.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from login_pipeline.client import Partition
+from login_pipeline.results import ProcessingResult
+
+
+@dataclass
+class InFlightBatch:
+    """A batch handed to the output whose report has not been read yet."""
+
+    first_offsets: dict[Partition, int]
+    next_offsets: dict[Partition, int]
+    results: list[ProcessingResult] = field(repr=False)
+    # Given up on after a rewind or a revoke: its report is read and ignored, nothing of it is committed.
+    abandoned: bool = False
+
+
+class Offsets:
+    def __init__(self) -> None:
+        self.in_flight: deque[InFlightBatch] = deque()
+        self._to_commit: dict[Partition, int] = {}  # delivered, not yet sent in a commit
+        self._delivered: dict[Partition, int] = {}  # the next offset after everything delivered, per partition
+
+    def handed_over(self, batch: InFlightBatch) -> None:
+        self.in_flight.append(batch)
+
+    def oldest(self) -> InFlightBatch:
+        """The batch whose report comes next; it leaves the in-flight queue."""
+        return self.in_flight.popleft()
+
+    def delivered(self, batch: InFlightBatch) -> None:
+        """Its batch was acknowledged, and every batch before it: its offsets may be committed."""
+        self._to_commit.update(batch.next_offsets)
+        self._delivered.update(batch.next_offsets)
+
+    def abandon_in_flight(self) -> None:
+        for batch in self.in_flight:
+            batch.abandoned = True
+
+    def rewind_from(self, failed: InFlightBatch) -> dict[Partition, int]:
+        """Abandon the failed batch and every batch behind it; the first offsets among them, to seek to."""
+        behind = [batch for batch in self.in_flight if not batch.abandoned]
+        self.abandon_in_flight()  # produced again after the rewind, whatever becomes of them
+        first_offsets: dict[Partition, int] = {}
+        for batch in reversed([failed, *behind]):  # older batches overwrite: the earliest offset wins
+            first_offsets.update(batch.first_offsets)
+        return first_offsets
+
+    def take_commit(self) -> dict[Partition, int]:
+        """The offsets to commit now (empty when nothing new was delivered); they count as sent."""
+        offsets, self._to_commit = self._to_commit, {}
+        return offsets
+
+    def commit_failed(self) -> None:
+        """A commit failed: the next one repeats every delivered position, not only newer ones."""
+        for partition, offset in self._delivered.items():
+            self._to_commit.setdefault(partition, offset)
+
+    def forget(self, partitions: set[Partition]) -> None:
+        """Partitions revoked: never committed again by this member, should a later commit fail."""
+        for partition in partitions:
+            self._delivered.pop(partition, None)
+            self._to_commit.pop(partition, None)
+
+    @property
+    def pending(self) -> int:
+        """Partitions with delivered offsets not yet committed."""
+        return len(self._to_commit)
+
+    @property
+    def positions(self) -> dict[Partition, int]:
+        """The next offset after everything delivered, per partition."""
+        return self._delivered
