@@ -16,8 +16,9 @@ run: setup
 test: setup
 	$(PY) -m pytest
 
-test-fast: setup
-	$(PY) -m pytest -m "not slow"
+# The unit specification alone: seconds, no Java, no Maven, no brokers.
+test-fast: $(INSTALLED)
+	$(PY) -m pytest -m "not slow and not kafka"
 
 bench: setup
 	$(PY) bench/benchmark.py

@@ -62,6 +62,12 @@ class Offsets:
         offsets, self._to_commit = self._to_commit, {}
         return offsets
 
+    def take_final_commit(self) -> dict[Partition, int]:
+        """Every delivered position, to commit and wait for at stop: a background commit sent just
+        before may have failed unseen, so nothing is taken as committed until this one is answered."""
+        self._to_commit = {}
+        return dict(self._delivered)
+
     def commit_failed(self) -> None:
         """A commit failed: the next one repeats every delivered position, not only newer ones."""
         for partition, offset in self._delivered.items():

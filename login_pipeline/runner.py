@@ -275,8 +275,8 @@ class Pipeline:
         self.offsets.commit_failed()
 
     def _commit(self) -> bool:
-        """Commit every delivered offset and wait; False when it failed (kept for the next try: duplicates, never loss)."""
-        offsets = self.offsets.take_commit()
+        """Commit every delivered position and wait; False when it failed (kept for the next try: duplicates, never loss)."""
+        offsets = self.offsets.take_final_commit()
         if not offsets:
             return True
         if self._input.commit(offsets, FINAL_COMMIT_TIMEOUT_S):

@@ -7,6 +7,13 @@ import pytest
 from local_kafka import brokers
 
 
+def pytest_collection_modifyitems(items) -> None:
+    """Every test that uses real brokers is marked `kafka`, so `make test-fast` can leave them out."""
+    for item in items:
+        if "kafka" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.kafka)
+
+
 @pytest.fixture(scope="session")
 def kafka(tmp_path_factory) -> brokers.Pair:
     """Input and output clusters, started once for the session and always stopped after it."""

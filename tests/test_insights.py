@@ -7,6 +7,8 @@ import sys
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from kafka_consumer_processor import process_message
 from login_pipeline.insights import Insights, printable
 from login_pipeline.results import Rejection
@@ -152,6 +154,7 @@ def test_a_login_stamped_in_the_future_is_counted_apart_and_shown_as_such():
     assert line.endswith("02:00 1   (not counted: 1 stamped in the future)")
 
 
+@pytest.mark.slow  # 20 pytest processes: about 25 s
 def test_this_suite_passes_under_20_hash_seeds():
     """Nothing here may depend on Python's per-process str hash: run the other tests under 20 seeds."""
     def run(seed: int) -> subprocess.CompletedProcess:

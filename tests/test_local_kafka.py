@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from local_kafka import brokers
@@ -20,6 +21,7 @@ def test_the_clusters_are_independent(kafka):
     assert "user-login" not in partition_counts(kafka.output.bootstrap)
 
 
+@pytest.mark.kafka
 def test_a_restart_keeps_data_and_a_stop_leaves_no_process(tmp_path):
     (cluster,) = [brokers.Cluster("restart", *brokers.free_ports(2), tmp_path / "restart", {"kept": 1})]
     brokers.up((cluster,))

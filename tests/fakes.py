@@ -1,0 +1,189 @@
+"""In-memory fakes of login_pipeline.client's Input and Output, for specifying the run loop in milliseconds.
+
+They keep the contracts of the real engines (records in offset order, the revoke handler called
+only inside poll or close, reports in the order batches were closed) and record what happened, so
+tests can assert on commits, deliveries and their order. Failures are scheduled on purpose.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Optional
+
+from login_pipeline.client import (
+    BatchReport, CommitFailureHandler, HandOver, InputRefused, InputUnavailable, OutputGone, Partition, Polled,
+    Rerouted, RevokeHandler,
+)
+from login_pipeline.results import RECORD_TOO_LARGE
+
+
+@dataclass
+class Delivered:
+    """A record the fake output acknowledged."""
+
+    topic: str  # "output" or "dlq"
+    source: tuple[int, int]  # input (partition, offset)
+    key: Optional[bytes]
+    value: Optional[bytes]
+    reason: Optional[str]  # the rejection's reason, for dead letters
+
+
+@dataclass
+class FakeOutput:
+    """Output: acknowledges batches in order; fails, holds or dies on request."""
+
+    size_limits: dict[str, int] = field(default_factory=lambda: {"processed-logins": 1_048_576,
+                                                                  "user-login-dlq": 1_048_576})
+    delivered: list[Delivered] = field(default_factory=list)
+    acknowledged: dict[int, int] = field(default_factory=dict)  # input partition -> next offset acknowledged
+    fail_batches: set[int] = field(default_factory=set)  # ordinals (from 0) of batches to report as failed
+    reroute_offsets: set[tuple[int, int]] = field(default_factory=set)  # refuse these, as too large
+    hold: bool = False  # acknowledge nothing: as a slow or absent output cluster
+    dead: bool = False
+    closed: bool = False
+    _open: list[HandOver] = field(default_factory=list)
+    _closed: deque = field(default_factory=deque)
+    _batches_closed: int = 0
+
+    def send(self, records: HandOver) -> None:
+        if self.dead:
+            raise OutputGone("the output process is gone (fake)")
+        self._open.append(records)
+
+    def end_batch(self) -> None:
+        if self.dead:
+            raise OutputGone("the output process is gone (fake)")
+        self._closed.append((self._batches_closed, self._open))
+        self._batches_closed += 1
+        self._open = []
+
+    def acknowledgement(self, timeout_s: Optional[float] = None) -> Optional[BatchReport]:
+        if self.dead:
+            raise OutputGone("the output process exited (fake)")
+        if self.hold or not self._closed:
+            if timeout_s is None:
+                raise OutputGone("the output process did not answer (fake)")
+            return None
+        ordinal, handovers = self._closed.popleft()
+        if ordinal in self.fail_batches:
+            return BatchReport("1 of 1 records were not acknowledged: KafkaTimeoutError (fake)")
+        rerouted = []
+        position = 0
+        for records in handovers:
+            for index, (offset, key, value) in enumerate(zip(records.offsets, records.keys, records.values)):
+                rejection = records.rejections.get(index)
+                if (records.partition, offset) in self.reroute_offsets:
+                    rerouted.append(Rerouted(position, RECORD_TOO_LARGE))
+                    self.delivered.append(Delivered("dlq", (records.partition, offset), None, b"", RECORD_TOO_LARGE))
+                else:
+                    self.delivered.append(Delivered("dlq" if rejection else "output", (records.partition, offset),
+                                                    key, value, rejection.reason if rejection else None))
+                self.acknowledged[records.partition] = offset + 1
+                position += 1
+        return BatchReport(None, tuple(rerouted))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@dataclass
+class Commit:
+    offsets: dict[Partition, int]
+    acknowledged_then: dict[int, int]  # what the output had acknowledged when the commit was made
+    waited: bool
+
+
+class FakeInput:
+    """Input: partitions held in memory, a group of one member, commits recorded with what was acknowledged."""
+
+    def __init__(self, output: FakeOutput, records: dict[int, list[tuple[Optional[bytes], Optional[bytes]]]],
+                 batch_size: int = 3, topic: str = "user-login") -> None:
+        self._output = output
+        self._log = {Partition(topic, p): list(values) for p, values in records.items()}
+        self._assigned: set[Partition] = set(self._log)
+        self._positions = {partition: 0 for partition in self._log}
+        self.batch_size = batch_size
+        self.committed: dict[Partition, int] = {}
+        self.commits: list[Commit] = []
+        self.polls = 0
+        self.closed = False
+        # Scheduled events, each taken once: (poll number, what)
+        self.revoke_at: set[int] = set()
+        self.unavailable_at: set[int] = set()
+        self.refuse_at: set[int] = set()
+        self.fail_commits = 0  # how many of the next commits fail
+        self.stop_when_drained = None  # a StopRequest, requested once every record was polled and settled
+        self._on_revoke: Optional[RevokeHandler] = None
+        self._on_commit_failure: Optional[CommitFailureHandler] = None
+        self._failed_in_background: list[str] = []
+
+    def subscribe(self, on_revoke: RevokeHandler, on_commit_failure: CommitFailureHandler) -> None:
+        self._on_revoke, self._on_commit_failure = on_revoke, on_commit_failure
+
+    def poll(self, timeout_s: float) -> list[Polled]:
+        self.polls += 1
+        for error in self._failed_in_background:
+            self._on_commit_failure(error)
+        self._failed_in_background.clear()
+        if self.polls in self.unavailable_at:
+            raise InputUnavailable("NodeNotReadyError (fake)")
+        if self.polls in self.refuse_at:
+            raise InputRefused("TopicAuthorizationFailedError (fake)")
+        if self.polls in self.revoke_at:
+            self._rebalance()
+        polled, budget = [], self.batch_size
+        for partition in sorted(self._assigned):
+            start = self._positions[partition]
+            taken = self._log[partition][start:start + budget]
+            if taken:
+                budget -= len(taken)
+                self._positions[partition] = start + len(taken)
+                polled.append(Polled(partition, list(range(start, start + len(taken))),
+                                     [key for key, _ in taken], [value for _, value in taken]))
+        if not polled and self.stop_when_drained is not None and self._output.acknowledged == self.ends():
+            self.stop_when_drained.request()
+        return polled
+
+    def _rebalance(self) -> None:
+        """Revoke everything and get it back, as an eager rebalance does; positions restart from commits."""
+        self._commit(self._on_revoke(set(self._assigned)), waited=True)
+        self._positions = {partition: self.committed.get(partition, 0) for partition in self._log}
+
+    def seek(self, partition: Partition, offset: int) -> None:
+        assert partition in self._assigned
+        self._positions[partition] = offset
+
+    def commit_in_background(self, offsets: dict[Partition, int]) -> None:
+        if self.fail_commits:
+            self.fail_commits -= 1
+            self._failed_in_background.append("RequestTimedOutError (fake)")
+            return
+        self._commit(offsets, waited=False)
+
+    def commit(self, offsets: dict[Partition, int], timeout_s: float) -> bool:
+        if self.fail_commits:
+            self.fail_commits -= 1
+            return False
+        self._commit(offsets, waited=True)
+        return True
+
+    def _commit(self, offsets: dict[Partition, int], waited: bool) -> None:
+        if not offsets:
+            return
+        self.commits.append(Commit(dict(offsets), dict(self._output.acknowledged), waited))
+        self.committed.update(offsets)
+
+    def assignment(self) -> set[Partition]:
+        return set(self._assigned)
+
+    def lag(self, positions: dict[Partition, int]) -> Optional[int]:
+        return sum(len(self._log[p]) - positions.get(p, 0) for p in self._assigned)
+
+    def close(self) -> None:
+        self._commit(self._on_revoke(set(self._assigned)), waited=True)
+        self._assigned = set()
+        self.closed = True
+
+    def ends(self) -> dict[int, int]:
+        return {partition.partition: len(values) for partition, values in self._log.items() if values}
