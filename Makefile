@@ -39,7 +39,7 @@ clean: $(INSTALLED)
 setup: $(INSTALLED)
 	$(PY) -m local_kafka jars
 
-$(INSTALLED): requirements.txt requirements-dev.txt
+$(INSTALLED): requirements.txt requirements-confluent.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-confluent.txt -r requirements-dev.txt
 	touch $@

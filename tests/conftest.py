@@ -14,6 +14,12 @@ def pytest_collection_modifyitems(items) -> None:
             item.add_marker(pytest.mark.kafka)
 
 
+@pytest.fixture(params=["kafka-python", "confluent-kafka"])
+def engine(request) -> str:
+    """Each real-broker test of the processor runs with each engine, so no guarantee holds for one only."""
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def kafka(tmp_path_factory) -> brokers.Pair:
     """Input and output clusters, started once for the session and always stopped after it."""

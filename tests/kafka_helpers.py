@@ -128,13 +128,13 @@ class Topics:
 class Processor:
     """kafka_consumer_processor.py as a child process on a test's topics; always stopped on exit."""
 
-    def __init__(self, kafka, topics: Topics, workdir: Path, **settings: str) -> None:
+    def __init__(self, kafka, topics: Topics, workdir: Path, engine: str = "kafka-python", **settings: str) -> None:
         self.env = {
             **os.environ,
             "INPUT_BOOTSTRAP_SERVERS": kafka.input.bootstrap,
             "OUTPUT_BOOTSTRAP_SERVERS": kafka.output.bootstrap,
             "INPUT_TOPIC": topics.input, "OUTPUT_TOPIC": topics.output, "DLQ_TOPIC": topics.dlq,
-            "CONSUMER_GROUP": topics.group, "PII_HASH_KEY": TEST_PII_KEY,
+            "CONSUMER_GROUP": topics.group, "PII_HASH_KEY": TEST_PII_KEY, "KAFKA_CLIENT": engine,
             **settings,
         }
         self.workdir = workdir

@@ -38,7 +38,7 @@ EDGE_RECORDS = [
 ]
 
 
-def test_every_record_kafka_can_deliver_lands_once_and_the_partition_moves_on(kafka, tmp_path):
+def test_every_record_kafka_can_deliver_lands_once_and_the_partition_moves_on(kafka, engine, tmp_path):
     topics = Topics.create(kafka, partitions=1)
     valid = [event.value for event, _ in zip(generate(31, FeedProfile.clean()), range(len(EDGE_RECORDS) + 1))]
     records = []
@@ -46,7 +46,7 @@ def test_every_record_kafka_can_deliver_lands_once_and_the_partition_moves_on(ka
         records += [(None, good, []), (key, value, headers)]
     produce_with_java(kafka.input.bootstrap, topics.input, [*records, (None, valid[-1], [])])
 
-    with Processor(kafka, topics, tmp_path) as processor:
+    with Processor(kafka, topics, tmp_path, engine=engine) as processor:
         wait_until(lambda: caught_up(kafka, topics), timeout=120, message="processor got through the edge records")
         assert processor.process.poll() is None, processor.stderr
         assert processor.stop(signal.SIGTERM) == 0

@@ -49,10 +49,10 @@ def report(scenario: str, **figures) -> None:
     print(f"\n[{scenario}] " + ", ".join(f"{name}={value}" for name, value in figures.items()))
 
 
-def test_crash_sigkill_at_random_moments_loses_nothing(kafka, tmp_path):
+def test_crash_sigkill_at_random_moments_loses_nothing(kafka, engine, tmp_path):
     topics = Topics.create(kafka)
     producer = feed(kafka, topics, count=8_000, rate=500, seed=11)  # live events between kills
-    processor = Processor(kafka, topics, tmp_path, BATCH_SIZE=str(BATCH))
+    processor = Processor(kafka, topics, tmp_path, engine=engine, BATCH_SIZE=str(BATCH))
     rng = random.Random(5)
     kills, events = 0, 8_000
     while producer.is_alive() or kills < 5:
@@ -84,10 +84,10 @@ def test_crash_sigkill_at_random_moments_loses_nothing(kafka, tmp_path):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_mid_stream_commits_exactly_what_was_delivered(kafka, tmp_path, signum):
+def test_a_signal_mid_stream_commits_exactly_what_was_delivered(kafka, engine, tmp_path, signum):
     topics = Topics.create(kafka)
     producer = feed(kafka, topics, count=6_000, rate=1_500, seed=12)
-    processor = Processor(kafka, topics, tmp_path, BATCH_SIZE=str(BATCH))
+    processor = Processor(kafka, topics, tmp_path, engine=engine, BATCH_SIZE=str(BATCH))
     with processor:
         time.sleep(2.5)
         assert processor.stop(signum) == 0
@@ -110,13 +110,13 @@ def test_a_signal_mid_stream_commits_exactly_what_was_delivered(kafka, tmp_path,
 
 
 @pytest.mark.parametrize("side", ["output", "input"])
-def test_a_cluster_outage_of_15_seconds_mid_stream_loses_nothing(kafka, tmp_path, side):
+def test_a_cluster_outage_of_15_seconds_mid_stream_loses_nothing(kafka, engine, tmp_path, side):
     cluster = getattr(kafka, side)
     topics = Topics.create(kafka)
     producer = None if side == "input" else feed(kafka, topics, count=8_000, rate=400, seed=13)
     if side == "input":  # the producer cannot write to a stopped input cluster: preload instead
         produce(kafka.input.bootstrap, topics.input, [e.value for e, _ in zip(generate(13, FeedProfile()), range(8_000))])
-    processor = Processor(kafka, topics, tmp_path, BATCH_SIZE="200")
+    processor = Processor(kafka, topics, tmp_path, engine=engine, BATCH_SIZE="200")
     with processor:
         time.sleep(3)
         brokers.stop(cluster)
@@ -140,10 +140,10 @@ def test_a_cluster_outage_of_15_seconds_mid_stream_loses_nothing(kafka, tmp_path
     assert landed.dlq_bytes_match()
 
 
-def test_scale_out_and_a_killed_member_lose_nothing(kafka, tmp_path):
+def test_scale_out_and_a_killed_member_lose_nothing(kafka, engine, tmp_path):
     topics = Topics.create(kafka, partitions=3)
     producer = feed(kafka, topics, count=12_000, rate=600, seed=14)
-    members = [Processor(kafka, topics, tmp_path / f"member-{n}", BATCH_SIZE=str(BATCH)) for n in range(4)]
+    members = [Processor(kafka, topics, tmp_path / f"member-{n}", engine=engine, BATCH_SIZE=str(BATCH)) for n in range(4)]
     for member in members:
         member.workdir.mkdir()
     for member in members[:3]:
@@ -179,7 +179,7 @@ poison = st.one_of(
 @settings(max_examples=2, deadline=None, phases=[Phase.generate],
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.data_too_large, HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.none() | st.binary(max_size=20), poison), min_size=300, max_size=300))
-def test_poison_input_never_crashes_or_stalls_and_lands_in_the_dlq_byte_for_byte(kafka, tmp_path_factory, messages):
+def test_poison_input_never_crashes_or_stalls_and_lands_in_the_dlq_byte_for_byte(kafka, engine, tmp_path_factory, messages):
     topics = Topics.create(kafka)
     valid = [event.value for event, _ in zip(generate(15, FeedProfile.clean()), range(300))]
     producer = KafkaProducer(bootstrap_servers=kafka.input.bootstrap)
@@ -190,7 +190,7 @@ def test_poison_input_never_crashes_or_stalls_and_lands_in_the_dlq_byte_for_byte
         producer.flush(60)
     finally:
         producer.close(10)
-    with Processor(kafka, topics, tmp_path_factory.mktemp("poison")) as processor:
+    with Processor(kafka, topics, tmp_path_factory.mktemp("poison"), engine=engine) as processor:
         wait_until(lambda: caught_up(kafka, topics), timeout=90, message="processor got through the poison")
         assert processor.process.poll() is None
         assert processor.stop() == 0
@@ -201,11 +201,11 @@ def test_poison_input_never_crashes_or_stalls_and_lands_in_the_dlq_byte_for_byte
     assert len(landed.outputs) >= 300  # every valid event, plus any poison that happened to be a valid login
 
 
-def test_a_200k_backlog_drains_with_bounded_memory(kafka, tmp_path):
+def test_a_200k_backlog_drains_with_bounded_memory(kafka, engine, tmp_path):
     topics = Topics.create(kafka)
     began = time.monotonic()
     produce_events(kafka.input.bootstrap, topics.input, generate(16, FeedProfile()), 200_000, rate=0)
-    with Processor(kafka, topics, tmp_path) as processor:
+    with Processor(kafka, topics, tmp_path, engine=engine) as processor:
         started = time.monotonic()
         wait_until(lambda: caught_up(kafka, topics), timeout=300, interval=1.0, message="backlog drained")
         drained_in = time.monotonic() - started
@@ -221,7 +221,7 @@ def test_a_200k_backlog_drains_with_bounded_memory(kafka, tmp_path):
 def test_a_dead_output_process_stops_the_processor_with_exit_1_and_loses_nothing(kafka, tmp_path):
     topics = Topics.create(kafka)
     producer = feed(kafka, topics, count=4_000, rate=1_000, seed=17)
-    processor = Processor(kafka, topics, tmp_path, BATCH_SIZE=str(BATCH))
+    processor = Processor(kafka, topics, tmp_path, BATCH_SIZE=str(BATCH))  # kafka-python's output child
     with processor:
         wait_until(lambda: any(committed_offsets(kafka.input.bootstrap, topics.input, topics.group).values()),
                    timeout=60, message="a first commit")
@@ -241,7 +241,7 @@ def test_a_dead_output_process_stops_the_processor_with_exit_1_and_loses_nothing
     assert landed.lost == [] and landed.duplicates <= REPEATABLE
 
 
-def test_an_output_topic_that_refuses_large_records_gets_the_rest_and_the_dlq_the_refused(kafka, tmp_path):
+def test_an_output_topic_that_refuses_large_records_gets_the_rest_and_the_dlq_the_refused(kafka, engine, tmp_path):
     # An output topic that takes at most 1,000 bytes a batch: ordinary logins fit one by one (the
     # producer splits its batches when refused), logins with long fields never do.
     topics = dataclasses.replace(Topics.create(kafka), output=unique("small-output"))
@@ -253,7 +253,7 @@ def test_an_output_topic_that_refuses_large_records_gets_the_rest_and_the_dlq_th
         if n % 40 == 0:
             values.append(json.dumps({**json.loads(event.value), **long_fields, "user_id": f"{n:03d}" + "u" * 250}).encode())
     produce(kafka.input.bootstrap, topics.input, values)
-    with Processor(kafka, topics, tmp_path) as processor:
+    with Processor(kafka, topics, tmp_path, engine=engine) as processor:
         wait_until(lambda: caught_up(kafka, topics), timeout=180, message="caught up past the refused records")
         assert processor.process.poll() is None
         assert processor.stop() == 0

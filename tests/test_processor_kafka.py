@@ -33,11 +33,11 @@ def generated(count: int, seed: int = 1, profile: FeedProfile = FeedProfile()) -
     return [event.value for event in itertools.islice(generate(seed, profile), count)]
 
 
-def test_a_mixed_stream_splits_between_output_and_dlq_with_headers_and_exact_bytes(kafka, tmp_path):
+def test_a_mixed_stream_splits_between_output_and_dlq_with_headers_and_exact_bytes(kafka, engine, tmp_path):
     topics = Topics.create(kafka)
     values = generated(1500) + BAD_MESSAGES
     produce(kafka.input.bootstrap, topics.input, values)
-    with Processor(kafka, topics, tmp_path) as processor:
+    with Processor(kafka, topics, tmp_path, engine=engine) as processor:
         wait_until(lambda: caught_up(kafka, topics), timeout=90, message="processor caught up")
         assert processor.stop(signal.SIGTERM) == 0
 
@@ -67,11 +67,11 @@ def test_a_mixed_stream_splits_between_output_and_dlq_with_headers_and_exact_byt
     assert reasons == {b"malformed_json", b"missing_required_field", b"invalid_field"}
 
 
-def test_raw_ip_and_device_id_never_reach_the_output_topic_or_the_logs(kafka, tmp_path):
+def test_raw_ip_and_device_id_never_reach_the_output_topic_or_the_logs(kafka, engine, tmp_path):
     topics = Topics.create(kafka)
     values = generated(800, seed=2, profile=FeedProfile.clean())
     produce(kafka.input.bootstrap, topics.input, values)
-    with Processor(kafka, topics, tmp_path) as processor:
+    with Processor(kafka, topics, tmp_path, engine=engine) as processor:
         wait_until(lambda: caught_up(kafka, topics), timeout=90, message="processor caught up")
         assert processor.stop() == 0
     secrets = [json.loads(v)[name].encode() for v in values for name in ("ip", "device_id")]
@@ -82,9 +82,9 @@ def test_raw_ip_and_device_id_never_reach_the_output_topic_or_the_logs(kafka, tm
     assert TEST_PII_KEY.encode() not in logs
 
 
-def test_a_restart_resumes_from_committed_offsets_without_loss_or_duplicates(kafka, tmp_path):
+def test_a_restart_resumes_from_committed_offsets_without_loss_or_duplicates(kafka, engine, tmp_path):
     topics = Topics.create(kafka)
-    processor = Processor(kafka, topics, tmp_path)
+    processor = Processor(kafka, topics, tmp_path, engine=engine)
     produce(kafka.input.bootstrap, topics.input, generated(700, seed=3))
     with processor:
         wait_until(lambda: caught_up(kafka, topics), timeout=90, message="first run caught up")
@@ -99,10 +99,10 @@ def test_a_restart_resumes_from_committed_offsets_without_loss_or_duplicates(kaf
     assert landed.lost == [] and landed.duplicates == 0
 
 
-def test_sigterm_exits_0_with_every_delivered_offset_committed_and_final_insights(kafka, tmp_path):
+def test_sigterm_exits_0_with_every_delivered_offset_committed_and_final_insights(kafka, engine, tmp_path):
     topics = Topics.create(kafka)
     produce(kafka.input.bootstrap, topics.input, generated(3000, seed=5))
-    with Processor(kafka, topics, tmp_path, BATCH_SIZE="200") as processor:
+    with Processor(kafka, topics, tmp_path, engine=engine, BATCH_SIZE="200") as processor:
         wait_until(lambda: any(committed_offsets(kafka.input.bootstrap, topics.input, topics.group).values()),
                    timeout=60, message="a first commit")
         assert processor.stop(signal.SIGTERM) == 0
@@ -116,10 +116,10 @@ def test_sigterm_exits_0_with_every_delivered_offset_committed_and_final_insight
     assert "── final insights:" in processor.stdout
 
 
-def test_insights_appear_every_insights_every_messages(kafka, tmp_path):
+def test_insights_appear_every_insights_every_messages(kafka, engine, tmp_path):
     topics = Topics.create(kafka)
     produce(kafka.input.bootstrap, topics.input, generated(500, seed=6), partition=0)
-    with Processor(kafka, topics, tmp_path, INSIGHTS_EVERY="100", BATCH_SIZE="50") as processor:
+    with Processor(kafka, topics, tmp_path, engine=engine, INSIGHTS_EVERY="100", BATCH_SIZE="50") as processor:
         wait_until(lambda: caught_up(kafka, topics), timeout=90, message="processor caught up")
         assert processor.stop() == 0
     out = processor.stdout
@@ -129,9 +129,9 @@ def test_insights_appear_every_insights_every_messages(kafka, tmp_path):
         assert label in out
 
 
-def test_a_missing_topic_stops_with_one_clear_line_and_exit_1(kafka, tmp_path):
+def test_a_missing_topic_stops_with_one_clear_line_and_exit_1(kafka, engine, tmp_path):
     topics = Topics.create(kafka)
-    with Processor(kafka, topics, tmp_path, OUTPUT_TOPIC="no-such-topic") as processor:
+    with Processor(kafka, topics, tmp_path, engine=engine, OUTPUT_TOPIC="no-such-topic") as processor:
         assert processor.wait() == 1
     errors = [line for line in processor.stderr.splitlines() if "ERROR" in line]
     assert len(errors) == 1 and "topic 'no-such-topic' does not exist on the output cluster" in errors[0]

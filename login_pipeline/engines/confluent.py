@@ -1,0 +1,366 @@
+"""The confluent-kafka engine (librdkafka): chosen with KAFKA_CLIENT=confluent-kafka.
+
+Designed for librdkafka rather than translated from the kafka-python engine: its producer already
+batches, compresses and sends on its own C threads, so it runs in the run loop's process, with no
+child process and no pickling. Delivery reports, served by `poll`, decide acknowledgement; a record
+is keyed by user id and partitioned by librdkafka's `murmur2_random`, the Java client's rule, so a
+user's records land where the kafka-python engine puts them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from functools import partial
+from typing import Optional
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource
+
+from login_pipeline.client import (
+    BatchReport, CommitFailureHandler, HandOver, InputRefused, InputUnavailable, OutputGone, Partition, Polled,
+    Rerouted, RevokeHandler, StartupError,
+)
+from login_pipeline.config import Config
+from login_pipeline.results import RECORD_REJECTED, RECORD_TOO_LARGE
+from login_pipeline.routing import (
+    DEFAULT_MAX_REQUEST_SIZE, SOURCE_OFFSET, dead_letter, effective_limits, fits, partition_headers,
+    refused_dead_letter,
+)
+
+log = logging.getLogger(__name__)
+client_log = logging.getLogger("librdkafka")
+
+DELIVERY_TIMEOUT_MS = 60_000
+ACK_TIMEOUT_S = 2 * DELIVERY_TIMEOUT_MS / 1000 + 30  # as the kafka-python engine: a refused record's copy included
+STARTUP_TIMEOUT_S = 15.0
+SESSION_TIMEOUT_MS = 10_000
+ACK_POLL_INTERVAL_S = 0.005
+LIBRDKAFKA_BATCH_BYTES = 1_000_000  # librdkafka's default batch.size
+# Refused for what the record is: retrying it would stall its partition.
+_REFUSED_FOR_SIZE = {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_MSG_SIZE}
+_REFUSED_AS_INVALID = {KafkaError.INVALID_RECORD, KafkaError.INVALID_MSG}
+# The consumer cannot go on: stop with one line rather than poll forever.
+_INPUT_REFUSALS = {KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED,
+                   KafkaError.CLUSTER_AUTHORIZATION_FAILED, KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED}
+
+
+def connect(config: Config) -> tuple["ConfluentInput", "ConfluentOutput"]:
+    security = client_security(config)
+    check_topics("input", config.input_bootstrap_servers, security, [config.input_topic])
+    size_limits = check_topics("output", config.output_bootstrap_servers, security,
+                               [config.output_topic, config.dlq_topic])
+    output = ConfluentOutput({**producer_settings(config.output_bootstrap_servers), **security},
+                             config.output_topic, config.dlq_topic, ACK_TIMEOUT_S, size_limits)
+    source = ConfluentInput(consumer_settings(config.input_bootstrap_servers, config.consumer_group, security),
+                            config.input_topic, config.batch_size)
+    return source, output
+
+
+def client_security(config: Config) -> dict[str, str]:
+    """librdkafka's names for the security settings."""
+    settings = {"security.protocol": config.security_protocol}
+    if config.security_protocol.startswith("SASL"):
+        settings.update({"sasl.mechanism": config.sasl_mechanism, "sasl.username": config.sasl_username,
+                         "sasl.password": config.sasl_password})
+    if config.ssl_cafile:
+        settings["ssl.ca.location"] = config.ssl_cafile
+    return settings
+
+
+def consumer_settings(servers, group: str, security: dict) -> dict:
+    """The input side: manual commits only, a new group starts at the beginning, eager rebalances."""
+    return {
+        "bootstrap.servers": ",".join(servers),
+        "group.id": group,
+        "client.id": "login-processor",
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",  # nothing is skipped when a group starts
+        "session.timeout.ms": SESSION_TIMEOUT_MS,
+        "heartbeat.interval.ms": SESSION_TIMEOUT_MS // 4,
+        # Eager, as the kafka-python engine: every partition is revoked, settled and committed at once.
+        "partition.assignment.strategy": "range",
+        "reconnect.backoff.max.ms": 2_000,
+        "logger": client_log,
+        **security,
+    }
+
+
+def producer_settings(servers) -> dict:
+    """The output side: every record acknowledged by all in-sync replicas, no duplicates from retries."""
+    return {
+        "bootstrap.servers": ",".join(servers),
+        "client.id": "login-processor",
+        "acks": "all",
+        "enable.idempotence": True,
+        "linger.ms": 5,
+        "delivery.timeout.ms": DELIVERY_TIMEOUT_MS,
+        "message.max.bytes": DEFAULT_MAX_REQUEST_SIZE,  # librdkafka's default is 1,000,000; Kafka's is 1 MiB
+        "partitioner": "murmur2_random",  # Java's rule for keyed records
+        "reconnect.backoff.max.ms": 2_000,
+        "logger": client_log,
+    }
+
+
+def check_topics(name: str, servers: tuple[str, ...], security: dict, topics: list[str]) -> dict[str, int]:
+    """Fail fast, with one line, when a cluster is unreachable or lacks a topic; return their max.message.bytes."""
+    admin = AdminClient({"bootstrap.servers": ",".join(servers), "logger": _silent(), **security})
+    try:
+        metadata = admin.list_topics(timeout=STARTUP_TIMEOUT_S)
+    except KafkaException as error:
+        raise StartupError(f"cannot reach the {name} cluster at {','.join(servers)} "
+                           f"({error.args[0].name() if error.args else 'KafkaException'})") from None
+    for topic in topics:
+        if topic not in metadata.topics or metadata.topics[topic].error is not None:
+            raise StartupError(f"topic {topic!r} does not exist on the {name} cluster at {','.join(servers)}")
+    try:
+        futures = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, topic) for topic in topics],
+                                         request_timeout=STARTUP_TIMEOUT_S)
+        return {resource.name: int(future.result(timeout=STARTUP_TIMEOUT_S)["max.message.bytes"].value)
+                for resource, future in futures.items()}
+    except Exception as error:  # not allowed to describe: the producer's own limit applies
+        log.warning("cannot read max.message.bytes of %s (%s); assuming the producer's limit",
+                    ", ".join(topics), type(error).__name__)
+        return {}
+
+
+def _silent() -> logging.Logger:
+    """Start-up checks report their outcome in one line of ours, not in librdkafka's retry chatter."""
+    quiet = logging.getLogger("librdkafka.startup")
+    quiet.setLevel(logging.CRITICAL)
+    quiet.propagate = False
+    return quiet
+
+
+class ConfluentInput:
+    """login_pipeline.client.Input over confluent-kafka's Consumer."""
+
+    def __init__(self, settings: dict, topic: str, batch_size: int) -> None:
+        self._settings = settings
+        self._topic = topic
+        self._batch_size = batch_size
+        self._consumer: Optional[Consumer] = None
+        self._on_revoke: Optional[RevokeHandler] = None
+        self._on_commit_failure: Optional[CommitFailureHandler] = None
+
+    def subscribe(self, on_revoke: RevokeHandler, on_commit_failure: CommitFailureHandler) -> None:
+        self._on_revoke, self._on_commit_failure = on_revoke, on_commit_failure
+        self._consumer = Consumer({**self._settings, "on_commit": self._commit_answered})
+        self._consumer.subscribe([self._topic], on_revoke=self._revoked, on_lost=self._lost)
+
+    def poll(self, timeout_s: float) -> list[Polled]:
+        try:
+            messages = self._consumer.consume(num_messages=self._batch_size, timeout=timeout_s)
+        except KafkaException as error:
+            raise self._classify(error.args[0]) from None
+        polled: dict[tuple[str, int], Polled] = {}
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.fatal() or error.code() in _INPUT_REFUSALS:
+                    raise InputRefused(f"{error.name()}: {error.str()}")
+                log.warning("the input cluster reported %s; librdkafka retries by itself", error.name())
+                continue
+            key = (message.topic(), message.partition())
+            part = polled.get(key)
+            if part is None:
+                part = polled[key] = Polled(Partition(*key), [], [], [])
+            part.offsets.append(message.offset())
+            part.keys.append(message.key())
+            part.values.append(message.value())
+        return list(polled.values())
+
+    @staticmethod
+    def _classify(error: KafkaError) -> Exception:
+        if error.fatal() or error.code() in _INPUT_REFUSALS:
+            return InputRefused(f"{error.name()}: {error.str()}")
+        return InputUnavailable(error.name())
+
+    def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        offsets = self._on_revoke({Partition(tp.topic, tp.partition) for tp in partitions})
+        if offsets:
+            try:
+                consumer.commit(offsets=_confluent_offsets(offsets), asynchronous=False)
+            except KafkaException as error:
+                log.warning("commit before a rebalance failed (%s); the new owner will repeat what %d partitions "
+                            "had uncommitted", error.args[0].name(), len(offsets))
+
+    def _lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Lost, not revoked (the session expired): a commit would be refused; settle, commit nothing.
+        self._on_revoke({Partition(tp.topic, tp.partition) for tp in partitions})
+
+    def seek(self, partition: Partition, offset: int) -> None:
+        try:
+            self._consumer.seek(TopicPartition(partition.topic, partition.partition, offset))
+        except KafkaException as error:
+            # Going on without the rewind would skip the failed records: stop instead, nothing committed past them.
+            raise InputRefused(f"could not rewind {partition.topic}:{partition.partition} to {offset} "
+                               f"({error.args[0].name()})") from None
+
+    def commit_in_background(self, offsets: dict[Partition, int]) -> None:
+        try:
+            self._consumer.commit(offsets=_confluent_offsets(offsets), asynchronous=True)
+        except KafkaException as error:
+            self._on_commit_failure(error.args[0].name())
+
+    def _commit_answered(self, error: Optional[KafkaError], partitions: list[TopicPartition]) -> None:
+        failed = error.name() if error is not None else next((tp.error.name() for tp in partitions if tp.error), None)
+        if failed is not None and self._on_commit_failure is not None:
+            self._on_commit_failure(failed)
+
+    def commit(self, offsets: dict[Partition, int], timeout_s: float) -> bool:
+        try:
+            answered = self._consumer.commit(offsets=_confluent_offsets(offsets), asynchronous=False)
+        except KafkaException as error:
+            log.warning("commit failed (%s)", error.args[0].name())
+            return False
+        return not any(tp.error for tp in answered or ())
+
+    def assignment(self) -> set[Partition]:
+        return {Partition(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+
+    def lag(self, positions: dict[Partition, int]) -> Optional[int]:
+        lags = []
+        for tp in self._consumer.assignment():
+            _, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            position = positions.get(Partition(tp.topic, tp.partition))
+            if high is None or high < 0 or position is None:
+                return None
+            lags.append(max(high - position, 0))
+        return sum(lags) if lags else None
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()  # revokes: the handler settles and commits what was acknowledged
+
+
+def _confluent_offsets(offsets: dict[Partition, int]) -> list[TopicPartition]:
+    return [TopicPartition(partition.topic, partition.partition, offset) for partition, offset in offsets.items()]
+
+
+class _Batch:
+    """One batch's records: how many still await a delivery report, and what went wrong or was rerouted."""
+
+    __slots__ = ("pending", "failure", "rerouted")
+
+    def __init__(self) -> None:
+        self.pending = 0
+        self.failure: Optional[str] = None
+        self.rerouted: list[Rerouted] = []
+
+
+class ConfluentOutput:
+    """login_pipeline.client.Output over confluent-kafka's Producer, in this process."""
+
+    def __init__(self, settings: dict, output_topic: str, dlq_topic: str, timeout_s: float,
+                 size_limits: dict[str, int]) -> None:
+        self.size_limits = effective_limits(size_limits, (output_topic, dlq_topic),
+                                            settings.get("message.max.bytes", DEFAULT_MAX_REQUEST_SIZE))
+        # librdkafka does not split a batch the broker refuses as too large (Java and kafka-python do):
+        # every record in it would fail. So no batch is built larger than the smallest topic takes.
+        batch_bytes = min(LIBRDKAFKA_BATCH_BYTES, *self.size_limits.values())
+        self._settings = {**settings, "batch.size": batch_bytes, "error_cb": self._client_error}
+        self._producer = Producer(self._settings)
+        self._output_topic = output_topic
+        self._dlq_topic = dlq_topic
+        self._timeout_s = timeout_s
+        self._batch = _Batch()
+        self._positions = 0  # records handed over in the open batch
+        self._closed: deque[_Batch] = deque()
+        self._fatal: Optional[str] = None
+
+    def _client_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            self._fatal = error.name()
+            log.error("the producer stopped after a fatal error (%s); a new one takes over at the next batch",
+                      error.name())
+
+    def send(self, records: HandOver) -> None:
+        prefix = partition_headers(records.topic, records.partition)
+        rejections = records.rejections
+        batch, limits = self._batch, self.size_limits
+        output_limit = limits[self._output_topic]
+        for index, (offset, key, value) in enumerate(zip(records.offsets, records.keys, records.values)):
+            source = [*prefix, (SOURCE_OFFSET, str(offset).encode())]
+            rejection = rejections.get(index) if rejections else None
+            position = self._positions
+            self._positions += 1
+            if rejection is None:
+                topic, limit, out_key, out_value, headers = self._output_topic, output_limit, key, value, source
+            else:
+                topic, limit = self._dlq_topic, limits[self._dlq_topic]
+                out_key, out_value, headers = dead_letter(key, value, rejection, source)
+            if not fits(limit, out_key, out_value, headers):
+                self._reroute(batch, position, (key, value, rejection, source), RECORD_TOO_LARGE, "MSG_SIZE_TOO_LARGE")
+                continue
+            self._produce(batch, topic, out_key, out_value, headers,
+                          partial(self._delivered, batch, position, (key, value, rejection, source)))
+        self._producer.poll(0)  # serve delivery reports as they come, so the queue never fills with them
+
+    def _produce(self, batch: _Batch, topic: str, key, value, headers, on_delivery) -> None:
+        batch.pending += 1
+        while True:
+            try:
+                self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
+                return
+            except BufferError:
+                self._producer.poll(0.05)  # the local queue is full: this is the backpressure
+            except KafkaException as error:
+                batch.pending -= 1
+                batch.failure = batch.failure or f"producing failed: {error.args[0].name()}"
+                return
+
+    def _delivered(self, batch: _Batch, position: int, record: tuple, error: Optional[KafkaError], _message) -> None:
+        batch.pending -= 1
+        if error is None:
+            return
+        code = error.code()
+        if code in _REFUSED_FOR_SIZE or code in _REFUSED_AS_INVALID:
+            reason = RECORD_TOO_LARGE if code in _REFUSED_FOR_SIZE else RECORD_REJECTED
+            self._reroute(batch, position, record, reason, error.name())
+        else:
+            batch.failure = batch.failure or f"a record was not acknowledged: {error.name()}: {error.str()[:200]}"
+
+    def _reroute(self, batch: _Batch, position: int, record: tuple, reason: str, error_name: str) -> None:
+        """Send the dead-letter form of a record refused for what it is; a refusal of that form fails the batch."""
+        key, value, rejection, source = record
+        out_key, out_value, headers = refused_dead_letter(key, value, rejection, source, reason, error_name)
+        batch.rerouted.append(Rerouted(position, reason))
+        self._produce(batch, self._dlq_topic, out_key, out_value, headers, partial(self._refused_form_delivered, batch))
+
+    @staticmethod
+    def _refused_form_delivered(batch: _Batch, error: Optional[KafkaError], _message) -> None:
+        batch.pending -= 1
+        if error is not None:
+            batch.failure = batch.failure or f"the dead-letter copy of a refused record failed: {error.name()}"
+
+    def end_batch(self) -> None:
+        self._closed.append(self._batch)
+        self._batch, self._positions = _Batch(), 0
+        if self._fatal is not None:
+            self._replace_producer()
+
+    def _replace_producer(self) -> None:
+        """A producer in librdkafka's fatal state never sends again: fail what it holds, start a new one."""
+        self._producer.purge()
+        self._producer.flush(5)  # delivers the purge reports: their batches fail and are retried
+        self._producer = Producer(self._settings)
+        self._fatal = None
+
+    def acknowledgement(self, timeout_s: Optional[float] = None) -> Optional[BatchReport]:
+        deadline = time.monotonic() + (self._timeout_s if timeout_s is None else timeout_s)
+        while not self._closed or self._closed[0].pending > 0:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                if timeout_s is None:
+                    raise OutputGone(f"the output cluster did not answer within {self._timeout_s:.0f} s")
+                return None
+            self._producer.poll(min(remaining, ACK_POLL_INTERVAL_S))
+        batch = self._closed.popleft()
+        if batch.failure is not None:
+            return BatchReport(batch.failure)
+        return BatchReport(None, tuple(batch.rerouted))
+
+    def close(self) -> None:
+        self._producer.flush(10)
