@@ -7,14 +7,19 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 GENERATE_ARGS ?= --rate 50
 
-.PHONY: run test test-fast bench kafka-up kafka-down generate clean setup
+.PHONY: run test test-fast lint bench kafka-up kafka-down generate clean setup
 
 run: setup
 	$(PY) -m local_kafka demo
 
 # Installs nothing outside the checkout: packages go to .venv, Kafka's jars to .local.
-test: setup
+test: setup lint
 	$(PY) -m pytest
+
+lint: $(INSTALLED)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
 # The unit specification alone: seconds, no Java, no Maven, no brokers.
 test-fast: $(INSTALLED)

@@ -23,11 +23,18 @@ try:
     from login_pipeline import config as configuration
     from login_pipeline import runner
 except ModuleNotFoundError as missing:  # the set-up step was skipped: say what to do instead of a traceback
-    sys.exit(f"missing Python package {missing.name!r}: install the requirements first, "
-             "for instance: python3 -m venv .venv && .venv/bin/pip install -r requirements.txt")
+    sys.exit(
+        f"missing Python package {missing.name!r}: install the requirements first, "
+        "for instance: python3 -m venv .venv && .venv/bin/pip install -r requirements.txt"
+    )
 from login_pipeline.addresses import classify_ip
 from login_pipeline.results import (
-    INVALID_FIELD, MALFORMED_JSON, MISSING_REQUIRED_FIELD, ProcessedLogin, ProcessingResult, Rejection,
+    INVALID_FIELD,
+    MALFORMED_JSON,
+    MISSING_REQUIRED_FIELD,
+    ProcessedLogin,
+    ProcessingResult,
+    Rejection,
 )
 
 EARLIEST_TIMESTAMP = 946684800  # 2000-01-01T00:00:00Z
@@ -84,7 +91,9 @@ def process_message(raw: bytes, processed_at: float, pii_key: bytes) -> Processi
         return Rejection(MISSING_REQUIRED_FIELD, "timestamp", "timestamp is missing")
     login_ts = _epoch_seconds(timestamp)
     if login_ts is None:
-        return Rejection(INVALID_FIELD, "timestamp", "timestamp must be epoch seconds: an integer or a string of digits")
+        return Rejection(
+            INVALID_FIELD, "timestamp", "timestamp must be epoch seconds: an integer or a string of digits"
+        )
     if login_ts < EARLIEST_TIMESTAMP:
         return Rejection(INVALID_FIELD, "timestamp", "timestamp is before 2000-01-01")
     if login_ts > processed_at + MAX_FUTURE_SECONDS:
@@ -177,12 +186,12 @@ def _iso_utc(epoch_seconds: float) -> str:
 
 def _json_type(value: object) -> str:
     return {bool: "a boolean", int: "a number", float: "a number", list: "an array", dict: "an object"}.get(
-        type(value), type(value).__name__)
+        type(value), type(value).__name__
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
     try:
         config = configuration.load(argv, __doc__)
@@ -193,8 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     if pii_key is None:
         # A random key is never a known one: hashes stay unguessable, they just differ per process.
         pii_key = secrets.token_bytes(32)
-        log.warning("PII_HASH_KEY is unset: hashing ip and device_id with a random key for this process only; "
-                    "hashes will differ between runs and instances. Set PII_HASH_KEY in production.")
+        log.warning(
+            "PII_HASH_KEY is unset: hashing ip and device_id with a random key for this process only; "
+            "hashes will differ between runs and instances. Set PII_HASH_KEY in production."
+        )
     return runner.main(config, partial(process_message, pii_key=pii_key))
 
 

@@ -30,8 +30,10 @@ signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
 
 def passthrough(config: configuration.Config) -> None:
     """Consume a batch, produce each value unchanged, flush, commit: the same client settings, no processing."""
-    consumer = KafkaConsumer(config.input_topic, **consumer_settings(config.input_bootstrap_servers,
-                                                                     config.consumer_group, config.batch_size))
+    consumer = KafkaConsumer(
+        config.input_topic,
+        **consumer_settings(config.input_bootstrap_servers, config.consumer_group, config.batch_size),
+    )
     producer = KafkaProducer(**producer_settings(config.output_bootstrap_servers))
     output = config.output_topic
     while not stopping:
@@ -48,11 +50,18 @@ def passthrough(config: configuration.Config) -> None:
 
 def naive(config: configuration.Config) -> None:
     """Auto-commit, a JSON deserializer in the consumer, produce and flush per message."""
-    consumer = KafkaConsumer(config.input_topic, bootstrap_servers=list(config.input_bootstrap_servers),
-                             group_id=config.consumer_group, auto_offset_reset="earliest",
-                             enable_auto_commit=True, value_deserializer=lambda raw: json.loads(raw))
-    producer = KafkaProducer(bootstrap_servers=list(config.output_bootstrap_servers),
-                             value_serializer=lambda value: json.dumps(value).encode())
+    consumer = KafkaConsumer(
+        config.input_topic,
+        bootstrap_servers=list(config.input_bootstrap_servers),
+        group_id=config.consumer_group,
+        auto_offset_reset="earliest",
+        enable_auto_commit=True,
+        value_deserializer=lambda raw: json.loads(raw),
+    )
+    producer = KafkaProducer(
+        bootstrap_servers=list(config.output_bootstrap_servers),
+        value_serializer=lambda value: json.dumps(value).encode(),
+    )
     key = config.pii_hash_key
     output = config.output_topic
     while not stopping:

@@ -53,10 +53,16 @@ class Bench:
         self.output_reader = KafkaConsumer(bootstrap_servers=pair.output.bootstrap)
 
     def env(self, input_topic: str, output_topic: str, dlq_topic: str, group: str) -> dict[str, str]:
-        return {**os.environ, "INPUT_BOOTSTRAP_SERVERS": self.pair.input.bootstrap,
-                "OUTPUT_BOOTSTRAP_SERVERS": self.pair.output.bootstrap, "INPUT_TOPIC": input_topic,
-                "OUTPUT_TOPIC": output_topic, "DLQ_TOPIC": dlq_topic, "CONSUMER_GROUP": group,
-                "PII_HASH_KEY": PII_KEY}
+        return {
+            **os.environ,
+            "INPUT_BOOTSTRAP_SERVERS": self.pair.input.bootstrap,
+            "OUTPUT_BOOTSTRAP_SERVERS": self.pair.output.bootstrap,
+            "INPUT_TOPIC": input_topic,
+            "OUTPUT_TOPIC": output_topic,
+            "DLQ_TOPIC": dlq_topic,
+            "CONSUMER_GROUP": group,
+            "PII_HASH_KEY": PII_KEY,
+        }
 
     def fresh_outputs(self, partitions: int = 1) -> tuple[str, str, str]:
         output, dlq = unique("bench-out"), unique("bench-dlq")
@@ -77,8 +83,15 @@ class Bench:
         with (self.log_dir / f"{name}.err").open("ab") as errors:
             return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=errors)
 
-    def drain(self, commands: list[list[str]], input_topic: str, expect: int, partitions: int = 1,
-              timeout: float = 600, on_sample=None) -> float:
+    def drain(
+        self,
+        commands: list[list[str]],
+        input_topic: str,
+        expect: int,
+        partitions: int = 1,
+        timeout: float = 600,
+        on_sample=None,
+    ) -> float:
         """Start the commands on fresh outputs; seconds from the first output record to `expect` of them."""
         output, dlq, group = self.fresh_outputs(partitions)
         env = self.env(input_topic, output, dlq, group)
@@ -123,7 +136,7 @@ def throughput(bench: Bench, events: int, runs: int, naive_events: int) -> dict[
     }
     rates: dict[str, list[float]] = {name: [] for name in contenders}
     for run in range(runs):
-        order = list(contenders)[run % 3:] + list(contenders)[:run % 3]  # alternate who goes first
+        order = list(contenders)[run % 3 :] + list(contenders)[: run % 3]  # alternate who goes first
         for name in order:
             commands, expect = contenders[name]
             seconds = bench.drain(commands, topic, expect)
@@ -153,9 +166,26 @@ def latency(bench: Bench, rate: int, seconds: int) -> tuple[float, float]:
     thread.start()
     try:
         generator = subprocess.run(
-            [sys.executable, "-m", "local_kafka.generator", "--bootstrap-servers", bench.pair.input.bootstrap,
-             "--topic", topic, "--rate", str(rate), "--count", str(rate * seconds), "--no-faults", "--workers", "1"],
-            cwd=PROJECT_DIR, capture_output=True, timeout=seconds * 4 + 60)
+            [
+                sys.executable,
+                "-m",
+                "local_kafka.generator",
+                "--bootstrap-servers",
+                bench.pair.input.bootstrap,
+                "--topic",
+                topic,
+                "--rate",
+                str(rate),
+                "--count",
+                str(rate * seconds),
+                "--no-faults",
+                "--workers",
+                "1",
+            ],
+            cwd=PROJECT_DIR,
+            capture_output=True,
+            timeout=seconds * 4 + 60,
+        )
         assert generator.returncode == 0, generator.stderr
         deadline = time.monotonic() + 60
         while len(received) < rate * seconds and time.monotonic() < deadline:
@@ -201,11 +231,19 @@ def scaling(bench: Bench, events: int) -> dict[int, float]:
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{os.cpu_count()} cores ({cpu}), {memory_gb:.0f} GB, Python {platform.python_version()}, " \
-           f"kafka-python {kafka.__version__}, Apache Kafka (local KRaft, 1 node per cluster)"
+    return (
+        f"{os.cpu_count()} cores ({cpu}), {memory_gb:.0f} GB, Python {platform.python_version()}, "
+        f"kafka-python {kafka.__version__}, Apache Kafka (local KRaft, 1 node per cluster)"
+    )
 
 
 def main() -> int:
@@ -250,8 +288,15 @@ def main() -> int:
         (f"RSS at 20 % / 100 % of {args.memory_events:,} distinct", f"{at20:.0f} / {at100:.0f} MB", "", ""),
         ("RSS growth 20 % -> 100 %", f"{at100 - at20:+.1f} MB", "<= 30 MB", ok(at100 - at20 <= 30)),
         ("peak RSS", f"{peak:.0f} MB", "<= 250 MB", ok(peak <= 250)),
-    ] + [(f"drain {args.events:,} on 3 partitions, {n} process{'es' if n > 1 else ''}",
-          f"{seconds:.1f} s ({args.events / seconds:,.0f} msg/s)", "", "") for n, seconds in drains.items()]
+    ] + [
+        (
+            f"drain {args.events:,} on 3 partitions, {n} process{'es' if n > 1 else ''}",
+            f"{seconds:.1f} s ({args.events / seconds:,.0f} msg/s)",
+            "",
+            "",
+        )
+        for n, seconds in drains.items()
+    ]
     print(f"\nMeasured on {machine()}; {args.events:,} events, median of {args.runs} alternating runs.\n")
     print("| measure | result | target | met |\n|---|---|---|---|")
     for row in rows:

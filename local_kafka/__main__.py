@@ -1,11 +1,11 @@
 """python -m local_kafka ACTION: the local input and output clusters behind the Makefile.
 
-  jars    resolve the Kafka jars (once; `make` runs it as part of set-up)
-  up      start both clusters and create their topics (`make kafka-up`)
-  down    stop both clusters; their data stays (`make kafka-down`)
-  status  say which clusters run
-  demo    up, a generator in the background, and the processor in the foreground (`make run`);
-          Ctrl+C stops the processor, then everything demo started
+jars    resolve the Kafka jars (once; `make` runs it as part of set-up)
+up      start both clusters and create their topics (`make kafka-up`)
+down    stop both clusters; their data stays (`make kafka-down`)
+status  say which clusters run
+demo    up, a generator in the background, and the processor in the foreground (`make run`);
+        Ctrl+C stops the processor, then everything demo started
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ DEMO_RATE = 30  # events/s: an insights block every few seconds
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m local_kafka", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m local_kafka", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("action", choices=("jars", "up", "down", "status", "demo"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -67,9 +68,19 @@ def demo(clusters: tuple[brokers.Cluster, ...]) -> int:
     generator_log = brokers.STATE_DIR / "generator.log"
     with generator_log.open("ab") as log_output:
         generator = subprocess.Popen(
-            [sys.executable, "-m", "local_kafka.generator", "--rate", str(DEMO_RATE),
-             "--bootstrap-servers", clusters[0].bootstrap],
-            stdin=subprocess.DEVNULL, stdout=log_output, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "local_kafka.generator",
+                "--rate",
+                str(DEMO_RATE),
+                "--bootstrap-servers",
+                clusters[0].bootstrap,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log_output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     print(f"generator sending {DEMO_RATE} events/s to user-login (log: {generator_log}); Ctrl+C stops", flush=True)
     # The processor shares our terminal, so Ctrl+C reaches it directly; we only wait for it to finish.

@@ -187,13 +187,23 @@ def _resolve_with_maven(digest: str) -> None:
     shutil.rmtree(staging, ignore_errors=True)
     log.info("resolving Apache Kafka jars with Maven (once)")
     result = subprocess.run(
-        [mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
-         f"-DoutputDirectory={staging}", "-DincludeScope=runtime"],
-        capture_output=True, text=True, timeout=900,
+        [
+            mvn,
+            "-q",
+            "-B",
+            "-f",
+            str(POM),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={staging}",
+            "-DincludeScope=runtime",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     if result.returncode != 0:
         lines = [line for line in (result.stdout + result.stderr).splitlines() if "ERROR" in line]
-        raise SetupError(f"Maven could not resolve Apache Kafka: {(lines or ['exit code %d' % result.returncode])[0]}")
+        raise SetupError(f"Maven could not resolve Apache Kafka: {(lines or [f'exit code {result.returncode}'])[0]}")
     (staging / ".pom-sha256").write_text(digest)
     shutil.rmtree(LIBS_DIR, ignore_errors=True)
     staging.rename(LIBS_DIR)
@@ -236,15 +246,26 @@ def start(cluster: Cluster, java: str, classpath: str) -> bool:
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         result = subprocess.run(
             # --cluster-id=ID, not "-t ID": a random id may start with "-" and read as an option.
-            [*command, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(cluster.config_file)],
-            capture_output=True, text=True, timeout=120,
+            [
+                *command,
+                "kafka.tools.StorageTool",
+                "format",
+                f"--cluster-id={cluster_id}",
+                "-c",
+                str(cluster.config_file),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         if result.returncode != 0:
             raise SetupError(f"formatting the {cluster.name} cluster failed: {result.stderr.strip()[-300:]}")
     with cluster.log_file.open("ab") as log_output:
         process = subprocess.Popen(
             [*command, "kafka.Kafka", str(cluster.config_file)],
-            stdin=subprocess.DEVNULL, stdout=log_output, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            stdout=log_output,
+            stderr=subprocess.STDOUT,
             # Its own session: a Ctrl+C meant for the processor must not kill the broker under it.
             start_new_session=True,
         )
@@ -285,8 +306,11 @@ def ensure_topics(cluster: Cluster) -> None:
 def create_topics(bootstrap: str, partitions: int, *names: str, configs: dict[str, str] | None = None) -> None:
     """Create single-replica topics and wait until every partition has a leader."""
     with _admin(bootstrap, timeout_ms=30000) as admin:
-        admin.create_topics({name: {"num_partitions": partitions, "replication_factor": 1, "configs": configs or {}}
-                             for name in names}, timeout_ms=30000, wait_for_metadata=True)
+        admin.create_topics(
+            {name: {"num_partitions": partitions, "replication_factor": 1, "configs": configs or {}} for name in names},
+            timeout_ms=30000,
+            wait_for_metadata=True,
+        )
 
 
 def stop(cluster: Cluster, timeout: float = 60.0) -> bool:

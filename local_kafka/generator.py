@@ -25,8 +25,9 @@ import signal
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
-from typing import Callable, Iterator
+from typing import Callable
 
 from kafka import KafkaProducer
 
@@ -53,7 +54,7 @@ class FeedProfile:
     hot_ip: float = 0.03
 
     @classmethod
-    def clean(cls) -> "FeedProfile":
+    def clean(cls) -> FeedProfile:
         """No faults and no hot keys: every event valid, every user, IP and device distinct."""
         return cls(**{f.name: 0.0 for f in fields(cls)})
 
@@ -107,10 +108,17 @@ def _apply(rng: random.Random, kind: str, event: dict) -> bytes:
     elif kind == "missing_field":
         del event[rng.choice(("user_id", "timestamp", *OPTIONAL_FIELDS))]
     elif kind == "malformed_value":
-        name, bad = rng.choice((
-            ("ip", "999.12.3.4"), ("ip", "not-an-ip"), ("timestamp", "yesterday"),
-            ("timestamp", 86400), ("user_id", 12345), ("app_version", 2.3), ("locale", ["RI"]),
-        ))
+        name, bad = rng.choice(
+            (
+                ("ip", "999.12.3.4"),
+                ("ip", "not-an-ip"),
+                ("timestamp", "yesterday"),
+                ("timestamp", 86400),
+                ("user_id", 12345),
+                ("app_version", 2.3),
+                ("locale", ["RI"]),
+            )
+        )
         event[name] = bad
     elif kind == "not_json":
         text = json.dumps(event)
@@ -128,8 +136,14 @@ def _ipv4(rng: random.Random) -> str:
     return ".".join(str(rng.randint(1, 254)) for _ in range(4))
 
 
-def produce(bootstrap_servers: str, topic: str, events: Iterator[GeneratedEvent], count: int | None,
-            rate: float, should_stop: Callable[[], bool] = lambda: False) -> int:
+def produce(
+    bootstrap_servers: str,
+    topic: str,
+    events: Iterator[GeneratedEvent],
+    count: int | None,
+    rate: float,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> int:
     """Send events (rate 0: as fast as the producer goes); returns how many were acknowledged."""
     producer = KafkaProducer(
         bootstrap_servers=bootstrap_servers,
@@ -175,24 +189,42 @@ def fill(bootstrap_servers: str, topic: str, seed: int, profile: FeedProfile, co
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m local_kafka.generator", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m local_kafka.generator",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--bootstrap-servers", default="127.0.0.1:29092", help="input cluster (default %(default)s)")
     parser.add_argument("--topic", default="user-login", help="topic to fill (default %(default)s)")
-    parser.add_argument("--rate", type=float, default=50.0, help="events per second; 0 for as fast as possible (default %(default)s)")
+    parser.add_argument(
+        "--rate", type=float, default=50.0, help="events per second; 0 for as fast as possible (default %(default)s)"
+    )
     parser.add_argument("--count", type=int, default=None, help="events to send (default: endless)")
     parser.add_argument("--seed", type=int, default=None, help="random seed; the same seed gives the same stream")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="producer processes when --rate 0 and --count are given (default: one per core)")
-    parser.add_argument("--no-faults", action="store_true", help="clean data: valid events, all users, IPs and devices distinct")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="producer processes when --rate 0 and --count are given (default: one per core)",
+    )
+    parser.add_argument(
+        "--no-faults", action="store_true", help="clean data: valid events, all users, IPs and devices distinct"
+    )
     for f in fields(FeedProfile):
-        parser.add_argument(f"--{f.name.replace('_', '-')}-rate", type=float, default=None, dest=f.name,
-                            help=f"share of events with this fault (default {f.default})")
+        parser.add_argument(
+            f"--{f.name.replace('_', '-')}-rate",
+            type=float,
+            default=None,
+            dest=f.name,
+            help=f"share of events with this fault (default {f.default})",
+        )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     profile = FeedProfile.clean() if args.no_faults else FeedProfile()
-    profile = replace(profile, **{f.name: getattr(args, f.name) for f in fields(FeedProfile) if getattr(args, f.name) is not None})
+    profile = replace(
+        profile, **{f.name: getattr(args, f.name) for f in fields(FeedProfile) if getattr(args, f.name) is not None}
+    )
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
 
     began = time.monotonic()
@@ -202,10 +234,14 @@ def main(argv: list[str] | None = None) -> int:
         stopping = []
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: stopping.append(True))
-        sent = produce(args.bootstrap_servers, args.topic, generate(seed, profile), args.count, args.rate,
-                       lambda: bool(stopping))
+        sent = produce(
+            args.bootstrap_servers, args.topic, generate(seed, profile), args.count, args.rate, lambda: bool(stopping)
+        )
     elapsed = time.monotonic() - began
-    print(f"sent {sent} events to {args.topic} in {elapsed:.1f} s ({sent / max(elapsed, 1e-9):,.0f} events/s, seed {seed})")
+    print(
+        f"sent {sent} events to {args.topic} in {elapsed:.1f} s "
+        f"({sent / max(elapsed, 1e-9):,.0f} events/s, seed {seed})"
+    )
     return 0
 
 

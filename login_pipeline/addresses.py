@@ -69,17 +69,29 @@ def _ipv6_is_public(number: int) -> bool:
 
 
 def _ranges(networks: tuple[str, ...]) -> list[tuple[int, int]]:
-    return sorted((int(net.network_address), int(net.broadcast_address))
-                  for net in map(ipaddress.ip_network, networks))
+    return sorted((int(net.network_address), int(net.broadcast_address)) for net in map(ipaddress.ip_network, networks))
 
 
 # Not publicly routable: this network, private, shared (CGNAT), loopback, link-local, IETF protocol
 # assignments, documentation, benchmarking, multicast, reserved and broadcast.
-_NON_PUBLIC_IPV4 = _ranges((
-    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
-    "192.0.0.0/24", "192.0.2.0/24", "192.168.0.0/16", "198.18.0.0/15", "198.51.100.0/24",
-    "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
-))
+_NON_PUBLIC_IPV4 = _ranges(
+    (
+        "0.0.0.0/8",
+        "10.0.0.0/8",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "172.16.0.0/12",
+        "192.0.0.0/24",
+        "192.0.2.0/24",
+        "192.168.0.0/16",
+        "198.18.0.0/15",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "224.0.0.0/4",
+        "240.0.0.0/4",
+    )
+)
 _NON_PUBLIC_IPV4_STARTS = [start for start, _ in _NON_PUBLIC_IPV4]
 
 _NAT64_PREFIX = int(ipaddress.IPv6Address("64:ff9b::")) >> 32
@@ -89,8 +101,15 @@ _NAT64_PREFIX = int(ipaddress.IPv6Address("64:ff9b::")) >> 32
 # Outside 2000::/3 (unspecified, loopback, 64:ff9b:1::/48, discard 100::/64, SRv6 5f00::/16, ULA
 # fc00::/7, link-local fe80::/10, multicast ff00::/8 and the reserved rest) nothing is public.
 _IPV6_NOT_PUBLIC = ("2001::/23", "2001:db8::/32", "3fff::/20")
-_IPV6_PUBLIC_WITHIN = ("2001:1::1/128", "2001:1::2/128", "2001:1::3/128", "2001:3::/32", "2001:4:112::/48",
-                       "2001:20::/28", "2001:30::/28")
+_IPV6_PUBLIC_WITHIN = (
+    "2001:1::1/128",
+    "2001:1::2/128",
+    "2001:1::3/128",
+    "2001:3::/32",
+    "2001:4:112::/48",
+    "2001:20::/28",
+    "2001:30::/28",
+)
 
 
 def _cut(blocked: list[tuple[int, int]], allowed: list[tuple[int, int]]) -> list[tuple[int, int, bool]]:

@@ -42,10 +42,12 @@ class HandOver(NamedTuple):
     rejections: dict[int, Rejection]  # by index: these go to the dead-letter topic, the rest are processed logins
 
     @classmethod
-    def of(cls, partition: Partition) -> "HandOver":
+    def of(cls, partition: Partition) -> HandOver:
         return cls(partition.topic, partition.partition, [], [], [], {})
 
-    def add(self, offset: int, key: Optional[bytes], value: Optional[bytes], rejection: Optional[Rejection] = None) -> None:
+    def add(
+        self, offset: int, key: Optional[bytes], value: Optional[bytes], rejection: Optional[Rejection] = None
+    ) -> None:
         if rejection is not None:
             self.rejections[len(self.offsets)] = rejection
         self.offsets.append(offset)

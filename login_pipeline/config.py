@@ -48,12 +48,20 @@ SETTINGS = (
     Setting("OUTPUT_TOPIC", "processed-logins", "topic for processed events (output cluster)"),
     Setting("DLQ_TOPIC", "user-login-dlq", "dead-letter topic for rejected events (output cluster)"),
     Setting("CONSUMER_GROUP", "login-processor", "consumer group; processes in one group share partitions"),
-    Setting("PII_HASH_KEY", None, f"HMAC-SHA-256 key for ip and device_id, at least {MIN_PII_KEY_BYTES} bytes; "
-            "unset: a random key per process (hashes then differ between runs)", secret=True),
+    Setting(
+        "PII_HASH_KEY",
+        None,
+        f"HMAC-SHA-256 key for ip and device_id, at least {MIN_PII_KEY_BYTES} bytes; "
+        "unset: a random key per process (hashes then differ between runs)",
+        secret=True,
+    ),
     Setting("INSIGHTS_EVERY", "100", "print insights every N messages"),
     Setting("BATCH_SIZE", "2000", "most records polled, produced and committed as one batch"),
-    Setting("KAFKA_CLIENT", KAFKA_PYTHON, f"client library: {' or '.join(KAFKA_CLIENTS)} (librdkafka; "
-            "pip install -r requirements-confluent.txt)"),
+    Setting(
+        "KAFKA_CLIENT",
+        KAFKA_PYTHON,
+        f"client library: {' or '.join(KAFKA_CLIENTS)} (librdkafka; pip install -r requirements-confluent.txt)",
+    ),
     Setting("SECURITY_PROTOCOL", "PLAINTEXT", f"both clusters: one of {', '.join(SECURITY_PROTOCOLS)}"),
     Setting("SASL_MECHANISM", None, f"with SASL_*: one of {', '.join(SASL_MECHANISMS)}"),
     Setting("SASL_USERNAME", None, "with SASL_*: user name"),
@@ -81,20 +89,31 @@ class Config:
     ssl_cafile: str | None
 
     def __repr__(self) -> str:  # secrets stay out of logs and tracebacks
-        shown = {f.name: ("***" if f.name in ("pii_hash_key", "sasl_password") and getattr(self, f.name)
-                          else getattr(self, f.name)) for f in fields(self)}
+        shown = {
+            f.name: (
+                "***"
+                if f.name in ("pii_hash_key", "sasl_password") and getattr(self, f.name)
+                else getattr(self, f.name)
+            )
+            for f in fields(self)
+        }
         return f"Config({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
 
 def argument_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Each flag overrides the environment variable of the same name, which overrides .env.",
     )
     for setting in SETTINGS:
         default = "unset" if setting.default is None else setting.default
-        parser.add_argument(f"--{setting.env.lower().replace('_', '-')}", dest=setting.env, metavar="VALUE",
-                            help=f"{setting.help} [env {setting.env}, default {'hidden' if setting.secret else default}]")
+        parser.add_argument(
+            f"--{setting.env.lower().replace('_', '-')}",
+            dest=setting.env,
+            metavar="VALUE",
+            help=f"{setting.help} [env {setting.env}, default {'hidden' if setting.secret else default}]",
+        )
     parser.add_argument("--env-file", default=".env", metavar="PATH", help="dotenv file to read (default .env)")
     return parser
 
@@ -117,10 +136,12 @@ def _pick(flag: str | None, env: str | None, default: str | None) -> str | None:
 
 
 def validate(raw: dict[str, str | None]) -> Config:
-    protocol = _ascii_upper(raw["SECURITY_PROTOCOL"])
+    text = {name: value for name, value in raw.items() if value is not None}  # every setting with a default
+    protocol = _ascii_upper(text["SECURITY_PROTOCOL"])
     if protocol not in SECURITY_PROTOCOLS:
-        raise ConfigError(f"SECURITY_PROTOCOL={_shown(raw['SECURITY_PROTOCOL'])} is not one of "
-                          f"{', '.join(SECURITY_PROTOCOLS)}")
+        raise ConfigError(
+            f"SECURITY_PROTOCOL={_shown(text['SECURITY_PROTOCOL'])} is not one of {', '.join(SECURITY_PROTOCOLS)}"
+        )
     mechanism = _ascii_upper(raw["SASL_MECHANISM"]) if raw["SASL_MECHANISM"] else None
     if protocol.startswith("SASL"):
         if mechanism not in SASL_MECHANISMS:
@@ -128,13 +149,13 @@ def validate(raw: dict[str, str | None]) -> Config:
         for name in ("SASL_USERNAME", "SASL_PASSWORD"):
             if not raw[name]:
                 raise ConfigError(f"{name} is required with SECURITY_PROTOCOL={protocol}")
-    client = raw["KAFKA_CLIENT"].lower() if raw["KAFKA_CLIENT"].isascii() else raw["KAFKA_CLIENT"]
+    client = text["KAFKA_CLIENT"].lower() if text["KAFKA_CLIENT"].isascii() else text["KAFKA_CLIENT"]
     if client not in KAFKA_CLIENTS:
-        raise ConfigError(f"KAFKA_CLIENT={_shown(raw['KAFKA_CLIENT'])} is not one of {', '.join(KAFKA_CLIENTS)}")
+        raise ConfigError(f"KAFKA_CLIENT={_shown(text['KAFKA_CLIENT'])} is not one of {', '.join(KAFKA_CLIENTS)}")
     if raw["SSL_CAFILE"] and not Path(raw["SSL_CAFILE"]).is_file():
         raise ConfigError(f"SSL_CAFILE={_shown(raw['SSL_CAFILE'])} is not a readable file")
 
-    topics = {name: raw[name] for name in ("INPUT_TOPIC", "OUTPUT_TOPIC", "DLQ_TOPIC", "CONSUMER_GROUP")}
+    topics = {name: text[name] for name in ("INPUT_TOPIC", "OUTPUT_TOPIC", "DLQ_TOPIC", "CONSUMER_GROUP")}
     for name, value in topics.items():
         if not _TOPIC.match(value):
             raise ConfigError(f"{name}={_shown(value)} must be 1-249 letters, digits, '.', '_' or '-'")
@@ -143,19 +164,21 @@ def validate(raw: dict[str, str | None]) -> Config:
 
     key = raw["PII_HASH_KEY"]
     if key is not None and len(key.encode()) < MIN_PII_KEY_BYTES:
-        raise ConfigError(f"PII_HASH_KEY must be at least {MIN_PII_KEY_BYTES} bytes; "
-                          "generate one with: python -c 'import secrets; print(secrets.token_hex(32))'")
+        raise ConfigError(
+            f"PII_HASH_KEY must be at least {MIN_PII_KEY_BYTES} bytes; "
+            "generate one with: python -c 'import secrets; print(secrets.token_hex(32))'"
+        )
 
     return Config(
-        input_bootstrap_servers=_servers("INPUT_BOOTSTRAP_SERVERS", raw["INPUT_BOOTSTRAP_SERVERS"]),
-        output_bootstrap_servers=_servers("OUTPUT_BOOTSTRAP_SERVERS", raw["OUTPUT_BOOTSTRAP_SERVERS"]),
+        input_bootstrap_servers=_servers("INPUT_BOOTSTRAP_SERVERS", text["INPUT_BOOTSTRAP_SERVERS"]),
+        output_bootstrap_servers=_servers("OUTPUT_BOOTSTRAP_SERVERS", text["OUTPUT_BOOTSTRAP_SERVERS"]),
         input_topic=topics["INPUT_TOPIC"],
         output_topic=topics["OUTPUT_TOPIC"],
         dlq_topic=topics["DLQ_TOPIC"],
         consumer_group=topics["CONSUMER_GROUP"],
         pii_hash_key=key.encode() if key is not None else None,
-        insights_every=_whole_number("INSIGHTS_EVERY", raw["INSIGHTS_EVERY"], MAX_INSIGHTS_EVERY),
-        batch_size=_whole_number("BATCH_SIZE", raw["BATCH_SIZE"], MAX_BATCH_SIZE),
+        insights_every=_whole_number("INSIGHTS_EVERY", text["INSIGHTS_EVERY"], MAX_INSIGHTS_EVERY),
+        batch_size=_whole_number("BATCH_SIZE", text["BATCH_SIZE"], MAX_BATCH_SIZE),
         kafka_client=client,
         security_protocol=protocol,
         sasl_mechanism=mechanism,

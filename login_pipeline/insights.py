@@ -71,9 +71,15 @@ class Insights:
             f"device types  {_top(self._device_types)}",
             f"locales       {_top(self._locales)}",
             f"app versions  {_top(self._app_versions)}",
-            "logins/min    " + ("  ".join(
-                f"{datetime.fromtimestamp(minute, timezone.utc):%H:%M} {count:,}"
-                for minute, count in self._per_minute.newest(TOP_N)) or "-") + _not_counted(self._per_minute),
+            "logins/min    "
+            + (
+                "  ".join(
+                    f"{datetime.fromtimestamp(minute, timezone.utc):%H:%M} {count:,}"
+                    for minute, count in self._per_minute.newest(TOP_N)
+                )
+                or "-"
+            )
+            + _not_counted(self._per_minute),
             f"event delay   p50 {_duration(p50)}   p95 {_duration(p95)} (within 5%)",
         ]
         return "\n".join(lines)
@@ -87,8 +93,11 @@ def _top(counts: CappedCounts) -> str:
 
 
 def _not_counted(minutes: MinuteCounts) -> str:
-    skipped = [f"{count:,} {what}" for count, what in ((minutes.future, "stamped in the future"),
-                                                      (minutes.dropped, "older than the window")) if count]
+    skipped = [
+        f"{count:,} {what}"
+        for count, what in ((minutes.future, "stamped in the future"), (minutes.dropped, "older than the window"))
+        if count
+    ]
     return f"   (not counted: {', '.join(skipped)})" if skipped else ""
 
 

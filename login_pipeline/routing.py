@@ -30,8 +30,9 @@ def source_headers(topic: str, partition: int, offset: int) -> Headers:
     return [*partition_headers(topic, partition), (SOURCE_OFFSET, str(offset).encode())]
 
 
-def dead_letter(key: Optional[bytes], value: Optional[bytes], rejection: Rejection,
-                source: Headers) -> tuple[Optional[bytes], bytes, Headers]:
+def dead_letter(
+    key: Optional[bytes], value: Optional[bytes], rejection: Rejection, source: Headers
+) -> tuple[Optional[bytes], bytes, Headers]:
     """(key, value, headers) of a rejected record's dead letter: its own bytes, and why.
 
     A null value goes as an empty one flagged dlq.null_value=true: Kafka refuses a record with
@@ -47,15 +48,23 @@ def dead_letter(key: Optional[bytes], value: Optional[bytes], rejection: Rejecti
     return key, value, headers
 
 
-def refused_dead_letter(key: Optional[bytes], value: Optional[bytes], rejection: Optional[Rejection],
-                        source: Headers, reason: str, error_name: str) -> tuple[Optional[bytes], bytes, Headers]:
+def refused_dead_letter(
+    key: Optional[bytes],
+    value: Optional[bytes],
+    rejection: Optional[Rejection],
+    source: Headers,
+    reason: str,
+    error_name: str,
+) -> tuple[Optional[bytes], bytes, Headers]:
     """(key, value, headers) for a record the output cluster refused for what it is: no value, the key
     when small, and what was left out. `rejection` is why it was a dead letter, or None for a login."""
-    headers = [*source,
-               ("dlq.reason", reason.encode()),
-               ("dlq.error", f"the output cluster refused the record ({error_name}); its value is left out".encode()),
-               ("dlq.value_bytes", b"null" if value is None else str(len(value)).encode()),
-               ("dlq.key_bytes", b"null" if key is None else str(len(key)).encode())]
+    headers = [
+        *source,
+        ("dlq.reason", reason.encode()),
+        ("dlq.error", f"the output cluster refused the record ({error_name}); its value is left out".encode()),
+        ("dlq.value_bytes", b"null" if value is None else str(len(value)).encode()),
+        ("dlq.key_bytes", b"null" if key is None else str(len(key)).encode()),
+    ]
     if rejection is not None:
         headers.append(("dlq.refused_reason", rejection.reason.encode()))
     keep_key = key is not None and len(key) <= MAX_REROUTED_KEY_BYTES
@@ -69,8 +78,10 @@ def near_limit(limit: int, key: Optional[bytes], value: bytes) -> bool:
 
 def fits(limit: int, key: Optional[bytes], value: bytes, headers: Headers) -> bool:
     """Whether a record, alone in its batch, stays within `limit` bytes (a topic's max.message.bytes)."""
-    return not near_limit(limit, key, value) or \
-        DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers) <= limit
+    return (
+        not near_limit(limit, key, value)
+        or DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers) <= limit
+    )
 
 
 def effective_limits(size_limits: dict[str, int], topics: tuple[str, ...], max_request_size: int) -> dict[str, int]:

@@ -44,13 +44,26 @@ from typing import Callable, TextIO
 
 from login_pipeline import engines
 from login_pipeline.client import (
-    HandOver, Input, InputRefused, InputUnavailable, Output, OutputGone, Partition, Polled, StartupError,
+    HandOver,
+    Input,
+    InputRefused,
+    InputUnavailable,
+    Output,
+    OutputGone,
+    Partition,
+    Polled,
+    StartupError,
 )
 from login_pipeline.config import Config
 from login_pipeline.insights import Insights
 from login_pipeline.offsets import InFlightBatch, Offsets
 from login_pipeline.results import (
-    MALFORMED_JSON, PROCESSING_ERROR, RECORD_TOO_LARGE, ProcessedLogin, ProcessingResult, Rejection,
+    MALFORMED_JSON,
+    PROCESSING_ERROR,
+    RECORD_TOO_LARGE,
+    ProcessedLogin,
+    ProcessingResult,
+    Rejection,
 )
 from login_pipeline.routing import fits, near_limit, source_headers
 
@@ -106,8 +119,16 @@ class StopRequest:
 
 
 class Pipeline:
-    def __init__(self, config: Config, process: Process, source: Input, output: Output, stop: StopRequest,
-                 out: TextIO = sys.stdout, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: Config,
+        process: Process,
+        source: Input,
+        output: Output,
+        stop: StopRequest,
+        out: TextIO = sys.stdout,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._config = config
         self._process = process
         self._input = source
@@ -122,9 +143,15 @@ class Pipeline:
     def run(self) -> int:
         """Process until stopped; returns the exit code (0: stopped cleanly with everything committed)."""
         config = self._config
-        log.info("consuming %s from %s as group %s; output %s, dead letters %s on %s",
-                 config.input_topic, ",".join(config.input_bootstrap_servers), config.consumer_group,
-                 config.output_topic, config.dlq_topic, ",".join(config.output_bootstrap_servers))
+        log.info(
+            "consuming %s from %s as group %s; output %s, dead letters %s on %s",
+            config.input_topic,
+            ",".join(config.input_bootstrap_servers),
+            config.consumer_group,
+            config.output_topic,
+            config.dlq_topic,
+            ",".join(config.output_bootstrap_servers),
+        )
         exit_code = 0
         try:
             failures = self._loop()
@@ -140,13 +167,17 @@ class Pipeline:
             log.error("%s; nothing was committed past the last acknowledged batch", error)
             exit_code = 1
         except InputRefused as error:
-            log.error("the input cluster refused the consumer (%s); nothing was committed past the "
-                      "last acknowledged batch", error)
+            log.error(
+                "the input cluster refused the consumer (%s); nothing was committed past the last acknowledged batch",
+                error,
+            )
             exit_code = 1
         finally:
             if not self._commit():
-                log.error("the final commit failed; a restart repeats what %d partitions had uncommitted",
-                          self.offsets.pending)
+                log.error(
+                    "the final commit failed; a restart repeats what %d partitions had uncommitted",
+                    self.offsets.pending,
+                )
                 exit_code = 1
             self._print_insights(final=True)
             self._input.close()
@@ -176,8 +207,12 @@ class Pipeline:
             except DeliveryFailed:
                 failures += 1
                 backoff = min(MAX_BACKOFF_S, 0.5 * 2**failures)
-                log.error("the output cluster did not acknowledge a batch; nothing committed past it, "
-                          "retrying it in %.1f s (attempt %d)", backoff, failures + 1)
+                log.error(
+                    "the output cluster did not acknowledge a batch; nothing committed past it, "
+                    "retrying it in %.1f s (attempt %d)",
+                    backoff,
+                    failures + 1,
+                )
                 self._stop.sleep(backoff)
             # At most one block per batch, so draining a backlog does not flood the terminal.
             if self.insights.processed // every > blocks_printed:
@@ -203,11 +238,16 @@ class Pipeline:
                     except Exception as error:
                         # A bug in process_message must not stall the partition: park the message instead.
                         result = _processing_error(error, partition, offset)
-                if result.__class__ is ProcessedLogin and near_limit(output_limit, result.key, result.value) and not fits(
-                        output_limit, result.key, result.value, source_headers(*partition, offset)):
+                if (
+                    result.__class__ is ProcessedLogin
+                    and near_limit(output_limit, result.key, result.value)
+                    and not fits(output_limit, result.key, result.value, source_headers(*partition, offset))
+                ):
                     # Too large for the output topic: the input goes to the dead-letter topic, bytes and all.
-                    result = Rejection(RECORD_TOO_LARGE, None, "the processed login is larger than the output topic takes")
-                if result.__class__ is ProcessedLogin:
+                    result = Rejection(
+                        RECORD_TOO_LARGE, None, "the processed login is larger than the output topic takes"
+                    )
+                if isinstance(result, ProcessedLogin):
                     records.add(offset, result.key, result.value)
                 else:  # the dead-letter topic gets the original key and bytes, untouched
                     records.add(offset, key, raw, result)
@@ -218,8 +258,11 @@ class Pipeline:
             if records.offsets:
                 send(records)
         self._output.end_batch()
-        return InFlightBatch({part.partition: part.offsets[0] for part in polled},
-                             {part.partition: part.offsets[-1] + 1 for part in polled}, results)
+        return InFlightBatch(
+            {part.partition: part.offsets[0] for part in polled},
+            {part.partition: part.offsets[-1] + 1 for part in polled},
+            results,
+        )
 
     def _settle(self, keep: int, within: float | None = None) -> int:
         """Read reports until at most `keep` batches are in flight; returns how many were delivered.
@@ -237,8 +280,12 @@ class Pipeline:
             report = self._output.acknowledgement(remaining)
             if report is None:
                 offsets.abandon_in_flight()
-                log.warning("%d batches were not acknowledged within %.1f s of a rebalance; left uncommitted, "
-                            "they will be delivered again", len(offsets.in_flight), within)
+                log.warning(
+                    "%d batches were not acknowledged within %.1f s of a rebalance; left uncommitted, "
+                    "they will be delivered again",
+                    len(offsets.in_flight),
+                    within,
+                )
                 break
             batch = offsets.oldest()
             if batch.abandoned:
@@ -253,7 +300,8 @@ class Pipeline:
             delivered += 1
             for rerouted in report.rerouted:
                 batch.results[rerouted.position] = Rejection(
-                    rerouted.reason, None, "the output cluster refused the record")
+                    rerouted.reason, None, "the output cluster refused the record"
+                )
             # Insights count a message once, when its batch is delivered, however often it was retried.
             for result in batch.results:
                 self.insights.observe(result)
@@ -275,7 +323,7 @@ class Pipeline:
         self.offsets.commit_failed()
 
     def _commit(self) -> bool:
-        """Commit every delivered position and wait; False when it failed (kept for the next try: duplicates, never loss)."""
+        """Commit every delivered position and wait; False when it failed (kept: duplicates, never loss)."""
         offsets = self.offsets.take_final_commit()
         if not offsets:
             return True
@@ -307,8 +355,14 @@ def _processing_error(error: Exception, partition: Partition, offset: int) -> Re
     which may quote the input (an ip, say)."""
     frames = traceback.extract_tb(error.__traceback__)
     where = f"{frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}" if frames else "unknown"
-    log.error("process_message raised %s (%s) at %s:%d offset %d; sent to the dead-letter topic",
-              type(error).__name__, where, partition.topic, partition.partition, offset)
+    log.error(
+        "process_message raised %s (%s) at %s:%d offset %d; sent to the dead-letter topic",
+        type(error).__name__,
+        where,
+        partition.topic,
+        partition.partition,
+        offset,
+    )
     return Rejection(PROCESSING_ERROR, None, f"process_message raised {type(error).__name__}")
 
 

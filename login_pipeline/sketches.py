@@ -6,6 +6,7 @@ import bisect
 import math
 from hashlib import blake2b
 
+
 class HyperLogLog:
     """Approximate count of distinct strings in 2**precision bytes (precision 12: 4 KiB, 1.6 % standard error).
 
@@ -32,7 +33,7 @@ class HyperLogLog:
 
     def count(self) -> int:
         m = self._m
-        estimate = self._alpha * m * m / sum(2.0 ** -r for r in self._registers)
+        estimate = self._alpha * m * m / sum(2.0**-r for r in self._registers)
         zeros = self._registers.count(0)
         if estimate <= 2.5 * m and zeros:
             estimate = m * math.log(m / zeros)  # linear counting is more exact for small sets

@@ -12,8 +12,16 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from login_pipeline.client import (
-    BatchReport, CommitFailureHandler, HandOver, InputRefused, InputUnavailable, OutputGone, Partition, Polled,
-    Rerouted, RevokeHandler,
+    BatchReport,
+    CommitFailureHandler,
+    HandOver,
+    InputRefused,
+    InputUnavailable,
+    OutputGone,
+    Partition,
+    Polled,
+    Rerouted,
+    RevokeHandler,
 )
 from login_pipeline.results import RECORD_TOO_LARGE
 
@@ -33,8 +41,9 @@ class Delivered:
 class FakeOutput:
     """Output: acknowledges batches in order; fails, holds or dies on request."""
 
-    size_limits: dict[str, int] = field(default_factory=lambda: {"processed-logins": 1_048_576,
-                                                                  "user-login-dlq": 1_048_576})
+    size_limits: dict[str, int] = field(
+        default_factory=lambda: {"processed-logins": 1_048_576, "user-login-dlq": 1_048_576}
+    )
     delivered: list[Delivered] = field(default_factory=list)
     acknowledged: dict[int, int] = field(default_factory=dict)  # input partition -> next offset acknowledged
     fail_batches: set[int] = field(default_factory=set)  # ordinals (from 0) of batches to report as failed
@@ -77,8 +86,15 @@ class FakeOutput:
                     rerouted.append(Rerouted(position, RECORD_TOO_LARGE))
                     self.delivered.append(Delivered("dlq", (records.partition, offset), None, b"", RECORD_TOO_LARGE))
                 else:
-                    self.delivered.append(Delivered("dlq" if rejection else "output", (records.partition, offset),
-                                                    key, value, rejection.reason if rejection else None))
+                    self.delivered.append(
+                        Delivered(
+                            "dlq" if rejection else "output",
+                            (records.partition, offset),
+                            key,
+                            value,
+                            rejection.reason if rejection else None,
+                        )
+                    )
                 self.acknowledged[records.partition] = offset + 1
                 position += 1
         return BatchReport(None, tuple(rerouted))
@@ -97,8 +113,13 @@ class Commit:
 class FakeInput:
     """Input: partitions held in memory, a group of one member, commits recorded with what was acknowledged."""
 
-    def __init__(self, output: FakeOutput, records: dict[int, list[tuple[Optional[bytes], Optional[bytes]]]],
-                 batch_size: int = 3, topic: str = "user-login") -> None:
+    def __init__(
+        self,
+        output: FakeOutput,
+        records: dict[int, list[tuple[Optional[bytes], Optional[bytes]]]],
+        batch_size: int = 3,
+        topic: str = "user-login",
+    ) -> None:
         self._output = output
         self._log = {Partition(topic, p): list(values) for p, values in records.items()}
         self._assigned: set[Partition] = set(self._log)
@@ -135,12 +156,18 @@ class FakeInput:
         polled, budget = [], self.batch_size
         for partition in sorted(self._assigned):
             start = self._positions[partition]
-            taken = self._log[partition][start:start + budget]
+            taken = self._log[partition][start : start + budget]
             if taken:
                 budget -= len(taken)
                 self._positions[partition] = start + len(taken)
-                polled.append(Polled(partition, list(range(start, start + len(taken))),
-                                     [key for key, _ in taken], [value for _, value in taken]))
+                polled.append(
+                    Polled(
+                        partition,
+                        list(range(start, start + len(taken))),
+                        [key for key, _ in taken],
+                        [value for _, value in taken],
+                    )
+                )
         if not polled and self.stop_when_drained is not None and self._output.acknowledged == self.ends():
             self.stop_when_drained.request()
         return polled

@@ -9,9 +9,9 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
@@ -41,8 +41,9 @@ def partition_counts(bootstrap: str) -> dict[str, int]:
         return {topic["name"]: len(topic["partitions"]) for topic in admin.describe_topics()}
 
 
-def produce(bootstrap: str, topic: str, values: Iterable[bytes], partition: int | None = None,
-            key: bytes | None = None) -> int:
+def produce(
+    bootstrap: str, topic: str, values: Iterable[bytes], partition: int | None = None, key: bytes | None = None
+) -> int:
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
     try:
         count = 0
@@ -89,7 +90,8 @@ def read_all(bootstrap: str, topic: str, timeout: float = 60.0) -> list[Record]:
             for tp, batch in consumer.poll(timeout_ms=500).items():
                 records.extend(
                     Record(m.partition, m.offset, m.key, m.value, {k: v for k, v in m.headers})
-                    for m in batch if m.offset < ends[tp]
+                    for m in batch
+                    if m.offset < ends[tp]
                 )
         return records
     finally:
@@ -118,7 +120,7 @@ class Topics:
     group: str
 
     @classmethod
-    def create(cls, kafka, partitions: int = 3) -> "Topics":
+    def create(cls, kafka, partitions: int = 3) -> Topics:
         topics = cls(unique("user-login"), unique("processed-logins"), unique("user-login-dlq"), unique("group"))
         create_topics(kafka.input.bootstrap, partitions, topics.input)
         create_topics(kafka.output.bootstrap, partitions, topics.output, topics.dlq)
@@ -133,22 +135,29 @@ class Processor:
             **os.environ,
             "INPUT_BOOTSTRAP_SERVERS": kafka.input.bootstrap,
             "OUTPUT_BOOTSTRAP_SERVERS": kafka.output.bootstrap,
-            "INPUT_TOPIC": topics.input, "OUTPUT_TOPIC": topics.output, "DLQ_TOPIC": topics.dlq,
-            "CONSUMER_GROUP": topics.group, "PII_HASH_KEY": TEST_PII_KEY, "KAFKA_CLIENT": engine,
+            "INPUT_TOPIC": topics.input,
+            "OUTPUT_TOPIC": topics.output,
+            "DLQ_TOPIC": topics.dlq,
+            "CONSUMER_GROUP": topics.group,
+            "PII_HASH_KEY": TEST_PII_KEY,
+            "KAFKA_CLIENT": engine,
             **settings,
         }
         self.workdir = workdir
         self.runs = 0
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "Processor":
+    def start(self) -> Processor:
         self.runs += 1
         self.stdout_path = self.workdir / f"processor-{self.runs}.out"
         self.stderr_path = self.workdir / f"processor-{self.runs}.err"
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
             self.process = subprocess.Popen(
                 [sys.executable, str(PROJECT_DIR / "kafka_consumer_processor.py"), "--env-file", "/dev/null"],
-                env=self.env, cwd=self.workdir, stdout=out, stderr=err,
+                env=self.env,
+                cwd=self.workdir,
+                stdout=out,
+                stderr=err,
             )
         return self
 
@@ -171,7 +180,7 @@ class Processor:
     def stderr(self) -> str:
         return self.stderr_path.read_text()
 
-    def __enter__(self) -> "Processor":
+    def __enter__(self) -> Processor:
         """Each `with` is one run of the processor; the same object can run again after it."""
         return self.start()
 
@@ -229,5 +238,6 @@ def dead_letter_matches(source: Record, dead_letter: Record) -> bool:
 
 def delivery(kafka, topics: Topics) -> Delivery:
     inputs = {(r.partition, r.offset): r for r in read_all(kafka.input.bootstrap, topics.input)}
-    return Delivery(inputs, read_all(kafka.output.bootstrap, topics.output),
-                    read_all(kafka.output.bootstrap, topics.dlq))
+    return Delivery(
+        inputs, read_all(kafka.output.bootstrap, topics.output), read_all(kafka.output.bootstrap, topics.dlq)
+    )

@@ -12,7 +12,11 @@ def test_defaults_are_the_documented_ones():
     config = load([], "test", environ={})
     assert config.input_bootstrap_servers == ("localhost:29092",)
     assert config.output_bootstrap_servers == ("localhost:29093",)
-    assert (config.input_topic, config.output_topic, config.dlq_topic) == ("user-login", "processed-logins", "user-login-dlq")
+    assert (config.input_topic, config.output_topic, config.dlq_topic) == (
+        "user-login",
+        "processed-logins",
+        "user-login-dlq",
+    )
     assert config.consumer_group == "login-processor"
     assert config.insights_every == 100
     assert config.pii_hash_key is None
@@ -43,41 +47,56 @@ def test_several_bootstrap_servers_and_ipv6_literals_are_accepted():
 def test_sasl_settings_pass_through_to_the_clients(tmp_path):
     ca = tmp_path / "ca.pem"
     ca.write_text("certificate")
-    config = load([], "test", environ={"SECURITY_PROTOCOL": "sasl_ssl", "SASL_MECHANISM": "scram-sha-512",
-                                       "SASL_USERNAME": "svc", "SASL_PASSWORD": "pw", "SSL_CAFILE": str(ca)})
+    config = load(
+        [],
+        "test",
+        environ={
+            "SECURITY_PROTOCOL": "sasl_ssl",
+            "SASL_MECHANISM": "scram-sha-512",
+            "SASL_USERNAME": "svc",
+            "SASL_PASSWORD": "pw",
+            "SSL_CAFILE": str(ca),
+        },
+    )
     assert client_security(config) == {
-        "security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512", "sasl_plain_username": "svc",
-        "sasl_plain_password": "pw", "ssl_cafile": str(ca),
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "svc",
+        "sasl_plain_password": "pw",
+        "ssl_cafile": str(ca),
     }
 
 
-@pytest.mark.parametrize("environ, complaint", [
-    ({"INSIGHTS_EVERY": "0"}, "INSIGHTS_EVERY='0' must be a whole number from 1 to 1,000,000,000"),
-    ({"BATCH_SIZE": "-5"}, "BATCH_SIZE='-5' must be a whole number from 1 to 100,000"),
-    ({"BATCH_SIZE": "²"}, "BATCH_SIZE='²' must be a whole number"),  # str.isdigit() says yes
-    ({"BATCH_SIZE": "２０"}, "BATCH_SIZE='２０' must be a whole number"),  # int() says 20
-    ({"BATCH_SIZE": "٣"}, "BATCH_SIZE='٣' must be a whole number"),
-    ({"BATCH_SIZE": "100001"}, "BATCH_SIZE='100001' must be a whole number from 1 to 100,000"),
-    ({"BATCH_SIZE": "1" + "0" * 40}, "BATCH_SIZE='1" + "0" * 40 + "' must be a whole number"),
-    ({"BATCH_SIZE": "1e3"}, "BATCH_SIZE='1e3' must be a whole number"),
-    ({"BATCH_SIZE": "0x10"}, "BATCH_SIZE='0x10' must be a whole number"),
-    ({"BATCH_SIZE": "1_000"}, "BATCH_SIZE='1_000' must be a whole number"),
-    ({"INSIGHTS_EVERY": "1000000001"}, "INSIGHTS_EVERY='1000000001' must be a whole number from 1 to"),
-    ({"OUTPUT_BOOTSTRAP_SERVERS": "host:２９０９２"}, "'host:２９０９２' is not host:port"),
-    ({"OUTPUT_BOOTSTRAP_SERVERS": "host:0"}, "'host:0' is not host:port"),
-    ({"OUTPUT_BOOTSTRAP_SERVERS": "host:9092,"}, "'' is not host:port"),
-    ({"SECURITY_PROTOCOL": "ſasl_ssl"}, "SECURITY_PROTOCOL='ſasl_ssl' is not one of"),  # "ſ".upper() == "S"
-    ({"SECURITY_PROTOCOL": "PLAINTEXT\x1b[2J"}, "SECURITY_PROTOCOL='PLAINTEXT\\x1b[2J' is not one of"),
-    ({"INPUT_TOPIC": "t" * 10_000}, "INPUT_TOPIC='" + "t" * 60 + "'... (10,000 characters) must be"),
-    ({"OUTPUT_BOOTSTRAP_SERVERS": "host:99999"}, "'host:99999' is not host:port"),
-    ({"INPUT_TOPIC": "bad topic"}, "INPUT_TOPIC='bad topic' must be 1-249 letters"),
-    ({"CONSUMER_GROUP": "x" * 250}, "CONSUMER_GROUP="),
-    ({"DLQ_TOPIC": "processed-logins"}, "OUTPUT_TOPIC and DLQ_TOPIC must differ"),
-    ({"PII_HASH_KEY": "fifteen-bytes.."}, "PII_HASH_KEY must be at least 16 bytes"),
-    ({"SECURITY_PROTOCOL": "SASL_SSL", "SASL_MECHANISM": "GSSAPI"}, "SASL_MECHANISM must be one of"),
-    ({"SECURITY_PROTOCOL": "SASL_PLAINTEXT", "SASL_MECHANISM": "PLAIN"}, "SASL_USERNAME is required"),
-    ({"SSL_CAFILE": "/no/such/ca.pem"}, "SSL_CAFILE='/no/such/ca.pem' is not a readable file"),
-])
+@pytest.mark.parametrize(
+    "environ, complaint",
+    [
+        ({"INSIGHTS_EVERY": "0"}, "INSIGHTS_EVERY='0' must be a whole number from 1 to 1,000,000,000"),
+        ({"BATCH_SIZE": "-5"}, "BATCH_SIZE='-5' must be a whole number from 1 to 100,000"),
+        ({"BATCH_SIZE": "²"}, "BATCH_SIZE='²' must be a whole number"),  # str.isdigit() says yes
+        ({"BATCH_SIZE": "２０"}, "BATCH_SIZE='２０' must be a whole number"),  # int() says 20
+        ({"BATCH_SIZE": "٣"}, "BATCH_SIZE='٣' must be a whole number"),
+        ({"BATCH_SIZE": "100001"}, "BATCH_SIZE='100001' must be a whole number from 1 to 100,000"),
+        ({"BATCH_SIZE": "1" + "0" * 40}, "BATCH_SIZE='1" + "0" * 40 + "' must be a whole number"),
+        ({"BATCH_SIZE": "1e3"}, "BATCH_SIZE='1e3' must be a whole number"),
+        ({"BATCH_SIZE": "0x10"}, "BATCH_SIZE='0x10' must be a whole number"),
+        ({"BATCH_SIZE": "1_000"}, "BATCH_SIZE='1_000' must be a whole number"),
+        ({"INSIGHTS_EVERY": "1000000001"}, "INSIGHTS_EVERY='1000000001' must be a whole number from 1 to"),
+        ({"OUTPUT_BOOTSTRAP_SERVERS": "host:２９０９２"}, "'host:２９０９２' is not host:port"),
+        ({"OUTPUT_BOOTSTRAP_SERVERS": "host:0"}, "'host:0' is not host:port"),
+        ({"OUTPUT_BOOTSTRAP_SERVERS": "host:9092,"}, "'' is not host:port"),
+        ({"SECURITY_PROTOCOL": "ſasl_ssl"}, "SECURITY_PROTOCOL='ſasl_ssl' is not one of"),  # "ſ".upper() == "S"
+        ({"SECURITY_PROTOCOL": "PLAINTEXT\x1b[2J"}, "SECURITY_PROTOCOL='PLAINTEXT\\x1b[2J' is not one of"),
+        ({"INPUT_TOPIC": "t" * 10_000}, "INPUT_TOPIC='" + "t" * 60 + "'... (10,000 characters) must be"),
+        ({"OUTPUT_BOOTSTRAP_SERVERS": "host:99999"}, "'host:99999' is not host:port"),
+        ({"INPUT_TOPIC": "bad topic"}, "INPUT_TOPIC='bad topic' must be 1-249 letters"),
+        ({"CONSUMER_GROUP": "x" * 250}, "CONSUMER_GROUP="),
+        ({"DLQ_TOPIC": "processed-logins"}, "OUTPUT_TOPIC and DLQ_TOPIC must differ"),
+        ({"PII_HASH_KEY": "fifteen-bytes.."}, "PII_HASH_KEY must be at least 16 bytes"),
+        ({"SECURITY_PROTOCOL": "SASL_SSL", "SASL_MECHANISM": "GSSAPI"}, "SASL_MECHANISM must be one of"),
+        ({"SECURITY_PROTOCOL": "SASL_PLAINTEXT", "SASL_MECHANISM": "PLAIN"}, "SASL_USERNAME is required"),
+        ({"SSL_CAFILE": "/no/such/ca.pem"}, "SSL_CAFILE='/no/such/ca.pem' is not a readable file"),
+    ],
+)
 def test_invalid_settings_raise_one_line_naming_the_setting(environ, complaint):
     with pytest.raises(ConfigError) as error:
         load([], "test", environ=environ)
@@ -90,9 +109,17 @@ def test_whole_numbers_in_range_are_accepted(value, expected):
 
 
 def test_secrets_stay_out_of_the_config_repr():
-    config = load([], "test", environ={"PII_HASH_KEY": "super-secret-key-material",
-                                       "SECURITY_PROTOCOL": "SASL_SSL", "SASL_MECHANISM": "PLAIN",
-                                       "SASL_USERNAME": "u", "SASL_PASSWORD": "hunter2-password"})
+    config = load(
+        [],
+        "test",
+        environ={
+            "PII_HASH_KEY": "super-secret-key-material",
+            "SECURITY_PROTOCOL": "SASL_SSL",
+            "SASL_MECHANISM": "PLAIN",
+            "SASL_USERNAME": "u",
+            "SASL_PASSWORD": "hunter2-password",
+        },
+    )
     assert "super-secret" not in repr(config) and "hunter2" not in repr(config)
 
 
@@ -100,9 +127,22 @@ def test_help_documents_every_setting(capsys):
     with pytest.raises(SystemExit):
         load(["--help"], "test", environ={})
     text = capsys.readouterr().out
-    for flag in ("--input-bootstrap-servers", "--output-bootstrap-servers", "--input-topic", "--output-topic",
-                 "--dlq-topic", "--consumer-group", "--pii-hash-key", "--insights-every", "--batch-size",
-                 "--security-protocol", "--sasl-mechanism", "--sasl-username", "--sasl-password", "--ssl-cafile"):
+    for flag in (
+        "--input-bootstrap-servers",
+        "--output-bootstrap-servers",
+        "--input-topic",
+        "--output-topic",
+        "--dlq-topic",
+        "--consumer-group",
+        "--pii-hash-key",
+        "--insights-every",
+        "--batch-size",
+        "--security-protocol",
+        "--sasl-mechanism",
+        "--sasl-username",
+        "--sasl-password",
+        "--ssl-cafile",
+    ):
         assert flag in text
 
 
@@ -112,4 +152,3 @@ def test_env_example_names_every_setting_with_its_default():
     assert set(assigned) == {setting.env for setting in SETTINGS}
     for setting in SETTINGS:
         assert assigned[setting.env] == (setting.default or "")
-

@@ -36,7 +36,9 @@ def test_every_image_names_a_tag_and_only_the_upstream_generator_uses_latest():
     assert [name for name, s in SERVICES.items() if s.get("image", "").endswith(":latest")] == ["data-generator"]
 
 
-@pytest.mark.parametrize("service, chroot, host_port", [("kafka-input", "input", 29092), ("kafka-output", "output", 29093)])
+@pytest.mark.parametrize(
+    "service, chroot, host_port", [("kafka-input", "input", 29092), ("kafka-output", "output", 29093)]
+)
 def test_each_broker_is_its_own_cluster_on_one_zookeeper_reachable_from_host_and_network(service, chroot, host_port):
     env = SERVICES[service]["environment"]
     assert env["KAFKA_ZOOKEEPER_CONNECT"] == f"zookeeper:2181/{chroot}"
@@ -58,18 +60,29 @@ def test_zookeeper_and_brokers_have_healthchecks_that_gate_their_dependants():
     for service in ("zookeeper", "kafka-input", "kafka-output"):
         assert SERVICES[service]["healthcheck"]["test"][0] == "CMD"
     assert SERVICES["zookeeper"]["healthcheck"]["test"][1] == "zookeeper-shell"
-    assert SERVICES["kafka-input"]["healthcheck"]["test"][1:] == ["kafka-broker-api-versions", "--bootstrap-server", "localhost:9092"]
+    assert SERVICES["kafka-input"]["healthcheck"]["test"][1:] == [
+        "kafka-broker-api-versions",
+        "--bootstrap-server",
+        "localhost:9092",
+    ]
     for broker in ("kafka-input", "kafka-output"):
         assert SERVICES[broker]["depends_on"] == {"zookeeper": {"condition": "service_healthy"}}
     assert SERVICES["topic-init"]["depends_on"] == {
-        "kafka-input": {"condition": "service_healthy"}, "kafka-output": {"condition": "service_healthy"}}
+        "kafka-input": {"condition": "service_healthy"},
+        "kafka-output": {"condition": "service_healthy"},
+    }
 
 
 def test_topic_init_creates_every_topic_with_three_partitions_on_the_right_cluster():
     script = SERVICES["topic-init"]["command"][0]
     expected = {("kafka-input", "user-login"), ("kafka-output", "processed-logins"), ("kafka-output", "user-login-dlq")}
-    found = set(re.findall(r"kafka-topics --bootstrap-server ([\w-]+):9092 --create --if-not-exists --topic ([\w-]+) "
-                           r"--partitions 3 --replication-factor 1", script))
+    found = set(
+        re.findall(
+            r"kafka-topics --bootstrap-server ([\w-]+):9092 --create --if-not-exists --topic ([\w-]+) "
+            r"--partitions 3 --replication-factor 1",
+            script,
+        )
+    )
     assert found == expected
     assert SERVICES["topic-init"]["entrypoint"] == ["bash", "-euc"]  # one failing command fails the service
 
@@ -126,12 +139,15 @@ def test_the_file_is_valid_against_the_compose_specification():
     assert [f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors] == []
 
 
-@pytest.mark.parametrize("mistake", [
-    {"services": {"kafka-input": {"image": "x", "depends_on": {"zookeeper": {"condition": "healthy"}}}}},
-    {"services": {"kafka-input": {"image": "x", "mem_limt": "1g"}}},
-    {"services": {"kafka-input": {"image": "x", "healthcheck": {"test": ["CMD", "true"], "retry": 3}}}},
-    {"services": {"kafka-input": {"image": "x", "profiles": "processor"}}},
-    {"servics": {}},
-])
+@pytest.mark.parametrize(
+    "mistake",
+    [
+        {"services": {"kafka-input": {"image": "x", "depends_on": {"zookeeper": {"condition": "healthy"}}}}},
+        {"services": {"kafka-input": {"image": "x", "mem_limt": "1g"}}},
+        {"services": {"kafka-input": {"image": "x", "healthcheck": {"test": ["CMD", "true"], "retry": 3}}}},
+        {"services": {"kafka-input": {"image": "x", "profiles": "processor"}}},
+        {"servics": {}},
+    ],
+)
 def test_the_schema_check_catches_what_docker_compose_config_would_refuse(mistake):
     assert list(validator().iter_errors(mistake))

@@ -16,8 +16,16 @@ KAFKA_LIMIT = 1_048_576  # the producer's max.request.size and, within batch ove
 
 
 def login(**changes) -> bytes:
-    event = {"user_id": "edge-user", "app_version": "2.3.0", "ip": "8.8.8.8", "locale": "RI",
-             "device_id": "d-1", "timestamp": 1720576825, "device_type": "android", **changes}
+    event = {
+        "user_id": "edge-user",
+        "app_version": "2.3.0",
+        "ip": "8.8.8.8",
+        "locale": "RI",
+        "device_id": "d-1",
+        "timestamp": 1720576825,
+        "device_type": "android",
+        **changes,
+    }
     return json.dumps(event).encode()
 
 
@@ -29,8 +37,20 @@ EDGE_RECORDS = [
     ("a binary key on a valid login", bytes(range(256)), login(), []),
     ("a 100 KB key on a bad value", b"K" * 100_000, b"not json", []),
     ("500 headers on a valid login", None, login(), [(f"h{n}", b"v" * 10) for n in range(500)]),
-    ("odd headers", None, login(), [("", b""), ("é\u202e\x00", b"\xff\xfe"), ("dup", b"1"), ("dup", b"2"),
-                                    ("null", None), ("dlq.reason", b"forged"), ("source.offset", b"-1")]),
+    (
+        "odd headers",
+        None,
+        login(),
+        [
+            ("", b""),
+            ("é\u202e\x00", b"\xff\xfe"),
+            ("dup", b"1"),
+            ("dup", b"2"),
+            ("null", None),
+            ("dlq.reason", b"forged"),
+            ("source.offset", b"-1"),
+        ],
+    ),
     ("a 600 KB user_id", None, login(user_id="u" * 600_000), []),
     ("a valid login with a 900 KB unknown field", None, login(padding="p" * 900_000), []),
     ("a value whose dead-letter copy cannot fit", None, b"x" * (KAFKA_LIMIT - 200), []),
@@ -63,8 +83,13 @@ def test_every_record_kafka_can_deliver_lands_once_and_the_partition_moves_on(ka
     def dead_letter(name: str):
         return dead[by_name[name].offset]
 
-    for name in ("a binary key on a valid login", "500 headers on a valid login", "odd headers",
-                 "a valid login with a 900 KB unknown field", "a 1 MB key on a valid login"):
+    for name in (
+        "a binary key on a valid login",
+        "500 headers on a valid login",
+        "odd headers",
+        "a valid login with a 900 KB unknown field",
+        "a 1 MB key on a valid login",
+    ):
         assert by_name[name].offset in output_sources, name
     both_null = dead_letter("null key and null value")
     assert (both_null.key, both_null.value, both_null.headers["dlq.reason"]) == (None, b"", b"malformed_json")
@@ -82,12 +107,26 @@ def test_every_record_kafka_can_deliver_lands_once_and_the_partition_moves_on(ka
 
 def produce_with_java(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes | None, list]]) -> None:
     """Write records to partition 0 with Kafka's own Java producer (tests/RawProducer.java)."""
+
     def field(data: bytes | None) -> str:
         return "-" if data is None else "x" + data.hex()
 
-    lines = [" ".join([field(key), field(value), *(f"{field(name.encode())}={field(data)}" for name, data in headers)])
-             for key, value, headers in records]
+    lines = [
+        " ".join([field(key), field(value), *(f"{field(name.encode())}={field(data)}" for name, data in headers)])
+        for key, value, headers in records
+    ]
     result = subprocess.run(
-        [java_executable(), "-cp", kafka_classpath(), str(Path(__file__).with_name("RawProducer.java")), bootstrap, topic],
-        input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=120)
+        [
+            java_executable(),
+            "-cp",
+            kafka_classpath(),
+            str(Path(__file__).with_name("RawProducer.java")),
+            bootstrap,
+            topic,
+        ],
+        input="\n".join(lines) + "\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-2000:]

@@ -16,18 +16,25 @@ import threading
 import time
 
 import pytest
-from kafka import KafkaProducer
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from kafka import KafkaProducer
 
 from local_kafka import brokers
-from local_kafka.memory import tree_rss_mb
-from login_pipeline.runner import IN_FLIGHT_BATCHES
+from local_kafka.brokers import create_topics
 from local_kafka.generator import FeedProfile, generate
 from local_kafka.generator import produce as produce_events
-from local_kafka.brokers import create_topics
+from local_kafka.memory import tree_rss_mb
+from login_pipeline.runner import IN_FLIGHT_BATCHES
 from tests.kafka_helpers import (
-    Processor, Topics, caught_up, committed_offsets, delivery, produce, unique, wait_until,
+    Processor,
+    Topics,
+    caught_up,
+    committed_offsets,
+    delivery,
+    produce,
+    unique,
+    wait_until,
 )
 
 pytestmark = pytest.mark.slow
@@ -39,8 +46,10 @@ REPEATABLE = (IN_FLIGHT_BATCHES + 2) * BATCH
 def feed(kafka, topics: Topics, count: int, rate: float, seed: int = 1) -> threading.Thread:
     """Produce `count` generator events at `rate` per second in the background."""
     thread = threading.Thread(
-        target=produce_events, args=(kafka.input.bootstrap, topics.input, generate(seed, FeedProfile()), count, rate),
-        daemon=True)
+        target=produce_events,
+        args=(kafka.input.bootstrap, topics.input, generate(seed, FeedProfile()), count, rate),
+        daemon=True,
+    )
     thread.start()
     return thread
 
@@ -63,9 +72,15 @@ def test_crash_sigkill_at_random_moments_loses_nothing(kafka, engine, tmp_path):
         before = sum(o or 0 for o in committed_offsets(kafka.input.bootstrap, topics.input, topics.group).values())
         with processor:
             # Kill at a random moment once it is working: after its first commit in this run.
-            wait_until(lambda: sum(o or 0 for o in committed_offsets(
-                kafka.input.bootstrap, topics.input, topics.group).values()) > before,
-                timeout=60, interval=0.05, message="progress after a restart")
+            wait_until(
+                lambda before=before: (
+                    sum(o or 0 for o in committed_offsets(kafka.input.bootstrap, topics.input, topics.group).values())
+                    > before
+                ),
+                timeout=60,
+                interval=0.05,
+                message="progress after a restart",
+            )
             time.sleep(rng.uniform(0, 0.4))
             processor.send_signal(signal.SIGKILL)
             processor.wait(30)
@@ -104,8 +119,12 @@ def test_a_signal_mid_stream_commits_exactly_what_was_delivered(kafka, engine, t
         wait_until(lambda: caught_up(kafka, topics), timeout=90, message="caught up after the restart")
         assert processor.stop() == 0
     landed = delivery(kafka, topics)
-    report(f"graceful {signal.Signals(signum).name}", events=len(landed.inputs), lost=len(landed.lost),
-           duplicates=landed.duplicates)
+    report(
+        f"graceful {signal.Signals(signum).name}",
+        events=len(landed.inputs),
+        lost=len(landed.lost),
+        duplicates=landed.duplicates,
+    )
     assert landed.lost == [] and landed.duplicates == 0
 
 
@@ -115,7 +134,9 @@ def test_a_cluster_outage_of_15_seconds_mid_stream_loses_nothing(kafka, engine, 
     topics = Topics.create(kafka)
     producer = None if side == "input" else feed(kafka, topics, count=8_000, rate=400, seed=13)
     if side == "input":  # the producer cannot write to a stopped input cluster: preload instead
-        produce(kafka.input.bootstrap, topics.input, [e.value for e, _ in zip(generate(13, FeedProfile()), range(8_000))])
+        produce(
+            kafka.input.bootstrap, topics.input, [e.value for e, _ in zip(generate(13, FeedProfile()), range(8_000))]
+        )
     processor = Processor(kafka, topics, tmp_path, engine=engine, BATCH_SIZE="200")
     with processor:
         time.sleep(3)
@@ -133,8 +154,14 @@ def test_a_cluster_outage_of_15_seconds_mid_stream_loses_nothing(kafka, engine, 
         recovered_in = time.monotonic() - back_at
         assert processor.stop() == 0
     landed = delivery(kafka, topics)
-    report(f"{side} outage", events=len(landed.inputs), outage_s=round(back_at - down_at, 1),
-           caught_up_after_s=round(recovered_in, 1), lost=len(landed.lost), duplicates=landed.duplicates)
+    report(
+        f"{side} outage",
+        events=len(landed.inputs),
+        outage_s=round(back_at - down_at, 1),
+        caught_up_after_s=round(recovered_in, 1),
+        lost=len(landed.lost),
+        duplicates=landed.duplicates,
+    )
     assert len(landed.inputs) == 8_000
     assert landed.lost == []
     assert landed.dlq_bytes_match()
@@ -143,7 +170,9 @@ def test_a_cluster_outage_of_15_seconds_mid_stream_loses_nothing(kafka, engine, 
 def test_scale_out_and_a_killed_member_lose_nothing(kafka, engine, tmp_path):
     topics = Topics.create(kafka, partitions=3)
     producer = feed(kafka, topics, count=12_000, rate=600, seed=14)
-    members = [Processor(kafka, topics, tmp_path / f"member-{n}", engine=engine, BATCH_SIZE=str(BATCH)) for n in range(4)]
+    members = [
+        Processor(kafka, topics, tmp_path / f"member-{n}", engine=engine, BATCH_SIZE=str(BATCH)) for n in range(4)
+    ]
     for member in members:
         member.workdir.mkdir()
     for member in members[:3]:
@@ -160,8 +189,9 @@ def test_scale_out_and_a_killed_member_lose_nothing(kafka, engine, tmp_path):
         for member in members:
             member.__exit__()
     landed = delivery(kafka, topics)
-    report("scale-out", events=len(landed.inputs), members=4, killed=1, lost=len(landed.lost),
-           duplicates=landed.duplicates)
+    report(
+        "scale-out", events=len(landed.inputs), members=4, killed=1, lost=len(landed.lost), duplicates=landed.duplicates
+    )
     assert len(landed.inputs) == 12_000
     assert landed.lost == []
     assert landed.duplicates <= REPEATABLE  # only the killed member's uncommitted batches
@@ -169,17 +199,25 @@ def test_scale_out_and_a_killed_member_lose_nothing(kafka, engine, tmp_path):
 
 poison = st.one_of(
     st.binary(max_size=200),
-    st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-                 lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
-                 max_leaves=10).map(lambda value: json.dumps(value).encode()),
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+        max_leaves=10,
+    ).map(lambda value: json.dumps(value).encode()),
     st.sampled_from([b"", b"\x00" * 100, b"{" * 5000, b'{"user_id": "u", "timestamp": "9' + b"9" * 5000 + b'"}']),
 )
 
 
-@settings(max_examples=2, deadline=None, phases=[Phase.generate],
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.data_too_large, HealthCheck.too_slow])
+@settings(
+    max_examples=2,
+    deadline=None,
+    phases=[Phase.generate],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.data_too_large, HealthCheck.too_slow],
+)
 @given(st.lists(st.tuples(st.none() | st.binary(max_size=20), poison), min_size=300, max_size=300))
-def test_poison_input_never_crashes_or_stalls_and_lands_in_the_dlq_byte_for_byte(kafka, engine, tmp_path_factory, messages):
+def test_poison_input_never_crashes_or_stalls_and_lands_in_the_dlq_byte_for_byte(
+    kafka, engine, tmp_path_factory, messages
+):
     topics = Topics.create(kafka)
     valid = [event.value for event, _ in zip(generate(15, FeedProfile.clean()), range(300))]
     producer = KafkaProducer(bootstrap_servers=kafka.input.bootstrap)
@@ -212,8 +250,14 @@ def test_a_200k_backlog_drains_with_bounded_memory(kafka, engine, tmp_path):
         peak_rss_mb = tree_rss_mb(processor.process.pid, "VmHWM")
         assert processor.stop() == 0
     landed_count = sum(1 for _ in delivery(kafka, topics).landed)
-    report("backlog", events=200_000, fill_s=round(started - began, 1), drain_s=round(drained_in, 1),
-           rate_per_s=round(200_000 / drained_in), peak_rss_mb=round(peak_rss_mb))
+    report(
+        "backlog",
+        events=200_000,
+        fill_s=round(started - began, 1),
+        drain_s=round(drained_in, 1),
+        rate_per_s=round(200_000 / drained_in),
+        peak_rss_mb=round(peak_rss_mb),
+    )
     assert landed_count == 200_000
     assert peak_rss_mb < 250
 
@@ -223,10 +267,17 @@ def test_a_dead_output_process_stops_the_processor_with_exit_1_and_loses_nothing
     producer = feed(kafka, topics, count=4_000, rate=1_000, seed=17)
     processor = Processor(kafka, topics, tmp_path, BATCH_SIZE=str(BATCH))  # kafka-python's output child
     with processor:
-        wait_until(lambda: any(committed_offsets(kafka.input.bootstrap, topics.input, topics.group).values()),
-                   timeout=60, message="a first commit")
-        output_process = subprocess.run(["pgrep", "-P", str(processor.process.pid), "-f", "multiprocessing.spawn"],
-                                        capture_output=True, text=True, timeout=10).stdout.split()
+        wait_until(
+            lambda: any(committed_offsets(kafka.input.bootstrap, topics.input, topics.group).values()),
+            timeout=60,
+            message="a first commit",
+        )
+        output_process = subprocess.run(
+            ["pgrep", "-P", str(processor.process.pid), "-f", "multiprocessing.spawn"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.split()
         assert len(output_process) == 1
         os.kill(int(output_process[0]), signal.SIGKILL)
         assert processor.wait(60) == 1
@@ -251,7 +302,9 @@ def test_an_output_topic_that_refuses_large_records_gets_the_rest_and_the_dlq_th
     for n, event in enumerate(event for event, _ in zip(generate(18, FeedProfile.clean()), range(2_000))):
         values.append(event.value)
         if n % 40 == 0:
-            values.append(json.dumps({**json.loads(event.value), **long_fields, "user_id": f"{n:03d}" + "u" * 250}).encode())
+            values.append(
+                json.dumps({**json.loads(event.value), **long_fields, "user_id": f"{n:03d}" + "u" * 250}).encode()
+            )
     produce(kafka.input.bootstrap, topics.input, values)
     with Processor(kafka, topics, tmp_path, engine=engine) as processor:
         wait_until(lambda: caught_up(kafka, topics), timeout=180, message="caught up past the refused records")
@@ -259,8 +312,14 @@ def test_an_output_topic_that_refuses_large_records_gets_the_rest_and_the_dlq_th
         assert processor.stop() == 0
     landed = delivery(kafka, topics)
     refused = [record for record in landed.dead_letters if record.headers["dlq.reason"] == b"record_too_large"]
-    report("output refuses large records", events=len(landed.inputs), output=len(landed.outputs),
-           refused=len(refused), lost=len(landed.lost), duplicates=landed.duplicates)
+    report(
+        "output refuses large records",
+        events=len(landed.inputs),
+        output=len(landed.outputs),
+        refused=len(refused),
+        lost=len(landed.lost),
+        duplicates=landed.duplicates,
+    )
     assert len(landed.inputs) == 2_050
     assert landed.lost == [] and landed.duplicates == 0
     assert len(landed.outputs) == 2_000 and len(refused) == 50

@@ -14,7 +14,10 @@ from tests.kafka_helpers import create_topics, read_all, unique
 FIXED_CLOCK = lambda: 1720576825  # noqa: E731 - a stream is reproducible only with a fixed clock
 
 
-def take(n, seed=7, profile=FeedProfile()):
+DEFAULT_PROFILE = FeedProfile()
+
+
+def take(n, seed=7, profile=DEFAULT_PROFILE):
     return list(itertools.islice(generate(seed, profile, FIXED_CLOCK), n))
 
 

@@ -34,12 +34,22 @@ def test_hyperloglog_is_exact_enough_for_small_sets_and_fixed_in_size():
 
 
 def test_hyperloglog_gives_the_same_estimate_in_every_process_whatever_the_hash_seed():
-    script = ("from login_pipeline.sketches import HyperLogLog; h = HyperLogLog()\n"
-              "for n in range(30_000): h.add(f'user-{n}')\n"
-              "print(h.count(), h._registers.hex()[:64])")
-    answers = {subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONHASHSEED": str(seed)},
-                              capture_output=True, text=True, timeout=60, check=True).stdout
-               for seed in (0, 4, 99)}
+    script = (
+        "from login_pipeline.sketches import HyperLogLog; h = HyperLogLog()\n"
+        "for n in range(30_000): h.add(f'user-{n}')\n"
+        "print(h.count(), h._registers.hex()[:64])"
+    )
+    answers = {
+        subprocess.run(
+            [sys.executable, "-c", script],
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        for seed in (0, 4, 99)
+    }
     assert len(answers) == 1
     assert abs(int(answers.pop().split()[0]) - 30_000) < 3 * HyperLogLog.STANDARD_ERROR * 30_000
 
@@ -92,8 +102,10 @@ def test_insights_render_counts_shares_and_rejections():
     insights = Insights(clock=clock)
     key = b"k" * 16
     for n in range(90):
-        raw = (f'{{"user_id": "u{n % 30}", "timestamp": 1720576825, "device_type": "{"iOS" if n % 3 else "android"}",'
-               f' "locale": "ri", "app_version": "2.3.0", "ip": "1.2.3.4", "device_id": "d"}}').encode()
+        raw = (
+            f'{{"user_id": "u{n % 30}", "timestamp": 1720576825, "device_type": "{"iOS" if n % 3 else "android"}",'
+            f' "locale": "ri", "app_version": "2.3.0", "ip": "1.2.3.4", "device_id": "d"}}'
+        ).encode()
         insights.observe(process_message(raw, 1720576826.0, key))
     insights.observe(Rejection("malformed_json", None, "message is not valid JSON"))
     block = insights.render(lag=7)
@@ -107,8 +119,10 @@ def test_insights_render_counts_shares_and_rejections():
 
 
 def login(device_type: str = "ios", locale: str = "RI", timestamp: int = 1720576825) -> bytes:
-    return (f'{{"user_id": "u1", "timestamp": {timestamp}, "device_type": {json.dumps(device_type)},'
-            f' "locale": {json.dumps(locale)}, "app_version": "2.3.0"}}').encode()
+    return (
+        f'{{"user_id": "u1", "timestamp": {timestamp}, "device_type": {json.dumps(device_type)},'
+        f' "locale": {json.dumps(locale)}, "app_version": "2.3.0"}}'
+    ).encode()
 
 
 def test_shares_of_a_uniform_51_value_domain_are_printed_exactly():
@@ -157,10 +171,15 @@ def test_a_login_stamped_in_the_future_is_counted_apart_and_shown_as_such():
 @pytest.mark.slow  # 20 pytest processes: about 25 s
 def test_this_suite_passes_under_20_hash_seeds():
     """Nothing here may depend on Python's per-process str hash: run the other tests under 20 seeds."""
+
     def run(seed: int) -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "not hash_seed"],
-            env={**os.environ, "PYTHONHASHSEED": str(seed)}, capture_output=True, text=True, timeout=300)
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = dict(zip(SEEDS, pool.map(run, SEEDS)))

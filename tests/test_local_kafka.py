@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 
 from local_kafka import brokers
 from tests.kafka_helpers import partition_counts, produce, read_all
@@ -46,7 +45,10 @@ def test_up_is_idempotent_and_starts_nothing_already_running(kafka):
 def test_a_missing_java_stops_with_one_clear_line(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "local_kafka", "jars"],
-        env={**os.environ, "PATH": str(tmp_path)}, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == ["error: java not found on PATH: install Java 17 or newer"]
@@ -55,7 +57,10 @@ def test_a_missing_java_stops_with_one_clear_line(tmp_path):
 def test_a_kafka_home_without_libs_stops_with_one_clear_line(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "local_kafka", "jars"],
-        env={**os.environ, "KAFKA_HOME": str(tmp_path)}, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "KAFKA_HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 1
     assert "has no libs folder" in result.stderr

@@ -67,7 +67,8 @@ def test_every_record_is_delivered_once_in_offset_order_and_everything_is_commit
     assert sorted(delivered) == [(0, n) for n in range(10)] + [(1, n) for n in range(7)]
     for partition in (0, 1):
         assert [offset for p, offset in delivered if p == partition] == sorted(
-            offset for p, offset in delivered if p == partition)
+            offset for p, offset in delivered if p == partition
+        )
     assert source.committed == {Partition("user-login", 0): 10, Partition("user-login", 1): 7}
     assert source.closed and output.closed
 
@@ -88,7 +89,7 @@ def test_a_failed_delivery_is_retried_from_its_first_offset_and_nothing_past_it_
     assert sorted(set(delivered)) == [(0, n) for n in range(12)]  # nothing lost
     assert delivered[:3] == [(0, 0), (0, 1), (0, 2)]
     first_retry = delivered.index((0, 3))
-    assert delivered[first_retry:first_retry + 3] == [(0, 3), (0, 4), (0, 5)]  # resent in order after the failure
+    assert delivered[first_retry : first_retry + 3] == [(0, 3), (0, 4), (0, 5)]  # resent in order after the failure
     assert_commits_follow_acknowledgements(source)
     assert source.committed == {Partition("user-login", 0): 12}
 
@@ -215,8 +216,11 @@ def test_null_values_and_a_raising_rule_become_dead_letters_with_their_original_
     tested._process = rule
     assert tested.run() == 0
     dead = [(r.source, r.key, r.value, r.reason) for r in output.delivered if r.topic == "dlq"]
-    assert dead == [((0, 0), None, None, "malformed_json"), ((0, 1), b"k", None, "malformed_json"),
-                    ((0, 2), None, b"boom", "processing_error")]
+    assert dead == [
+        ((0, 0), None, None, "malformed_json"),
+        ((0, 1), b"k", None, "malformed_json"),
+        ((0, 2), None, b"boom", "processing_error"),
+    ]
     assert sources(output) == [(0, 3)]
 
 
@@ -233,7 +237,9 @@ def test_a_processed_login_too_large_for_the_output_topic_goes_to_the_dlq_with_i
     source = FakeInput(output, {0: records(0, 2)}, batch_size=10)
     assert pipeline(source, output).run() == 0
     assert [(r.topic, r.value, r.reason) for r in output.delivered] == [
-        ("dlq", login(0), "record_too_large"), ("dlq", login(1), "record_too_large")]
+        ("dlq", login(0), "record_too_large"),
+        ("dlq", login(1), "record_too_large"),
+    ]
 
 
 def test_a_second_signal_exits_at_once_without_committing(monkeypatch):

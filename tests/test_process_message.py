@@ -16,8 +16,12 @@ from login_pipeline.results import ProcessedLogin, Rejection
 KEY = b"test-key-of-at-least-16-bytes"
 NOW = 1720576900.5  # processing time: 75.5 s after the sample event
 SAMPLE = {
-    "user_id": "a6397988-1649-4859-ae5f-a1407b638ca6", "app_version": "2.3.0", "ip": "108.228.145.239",
-    "locale": "RI", "device_id": "6221eb3d-89b5-4585-8c98-545b78e24c53", "timestamp": 1720576825,
+    "user_id": "a6397988-1649-4859-ae5f-a1407b638ca6",
+    "app_version": "2.3.0",
+    "ip": "108.228.145.239",
+    "locale": "RI",
+    "device_id": "6221eb3d-89b5-4585-8c98-545b78e24c53",
+    "timestamp": 1720576825,
     "device_type": "iOS",
 }
 MISSING = object()
@@ -37,57 +41,91 @@ def hmac_hex(value: str) -> str:
 
 
 # -- 1. The message must be a UTF-8 JSON object --------------------------------------------------
-@pytest.mark.parametrize("raw, message", [
-    (b"\xff\xfe\x00login", "message is not UTF-8"),
-    (b"", "message is not valid JSON"),
-    (b'{"user_id": "a"', "message is not valid JSON"),
-    (b"[" * 100_000, "message is not valid JSON"),  # nesting deep enough to exhaust the parser
-    (b"[1, 2, 3]", "JSON list is not an object"),
-    (b'"just a string"', "JSON str is not an object"),
-    (b"null", "JSON NoneType is not an object"),
-    (b'{"user_id": "u", "timestamp": NaN}', "message is not valid JSON"),  # NaN and Infinity are not JSON
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (b"\xff\xfe\x00login", "message is not UTF-8"),
+        (b"", "message is not valid JSON"),
+        (b'{"user_id": "a"', "message is not valid JSON"),
+        (b"[" * 100_000, "message is not valid JSON"),  # nesting deep enough to exhaust the parser
+        (b"[1, 2, 3]", "JSON list is not an object"),
+        (b'"just a string"', "JSON str is not an object"),
+        (b"null", "JSON NoneType is not an object"),
+        (b'{"user_id": "u", "timestamp": NaN}', "message is not valid JSON"),  # NaN and Infinity are not JSON
+    ],
+)
 def test_anything_but_a_utf8_json_object_is_malformed_json(raw, message):
     assert run(raw) == Rejection("malformed_json", None, message)
 
 
 # -- 2. user_id is required and a string ----------------------------------------------------------
-@pytest.mark.parametrize("user_id, reason", [
-    (MISSING, "missing_required_field"), (None, "missing_required_field"), ("", "missing_required_field"),
-    (12345, "invalid_field"), (True, "invalid_field"), (["a"], "invalid_field"), ({"id": 1}, "invalid_field"),
-])
+@pytest.mark.parametrize(
+    "user_id, reason",
+    [
+        (MISSING, "missing_required_field"),
+        (None, "missing_required_field"),
+        ("", "missing_required_field"),
+        (12345, "invalid_field"),
+        (True, "invalid_field"),
+        (["a"], "invalid_field"),
+        ({"id": 1}, "invalid_field"),
+    ],
+)
 def test_user_id_must_be_present_and_a_string(user_id, reason):
     rejection = run(event(user_id=user_id))
     assert (rejection.reason, rejection.field) == (reason, "user_id")
 
 
 # -- 3. timestamp is required: epoch seconds between 2000-01-01 and 24 h after processing ---------
-@pytest.mark.parametrize("timestamp, reason", [
-    (MISSING, "missing_required_field"), (None, "missing_required_field"),
-    ("", "invalid_field"), ("yesterday", "invalid_field"), ("1720576825.5", "invalid_field"),
-    ("-1720576825", "invalid_field"), ("١٧٢٠٥٧٦٨٢٥", "invalid_field"), ("9" * 5000, "invalid_field"),
-    (1720576825.0, "invalid_field"), (True, "invalid_field"), ([1720576825], "invalid_field"),
-    (946684799, "invalid_field"), (86400, "invalid_field"), (-5, "invalid_field"),
-    (int(NOW) + 24 * 3600 + 1, "invalid_field"),
-])
+@pytest.mark.parametrize(
+    "timestamp, reason",
+    [
+        (MISSING, "missing_required_field"),
+        (None, "missing_required_field"),
+        ("", "invalid_field"),
+        ("yesterday", "invalid_field"),
+        ("1720576825.5", "invalid_field"),
+        ("-1720576825", "invalid_field"),
+        ("١٧٢٠٥٧٦٨٢٥", "invalid_field"),
+        ("9" * 5000, "invalid_field"),
+        (1720576825.0, "invalid_field"),
+        (True, "invalid_field"),
+        ([1720576825], "invalid_field"),
+        (946684799, "invalid_field"),
+        (86400, "invalid_field"),
+        (-5, "invalid_field"),
+        (int(NOW) + 24 * 3600 + 1, "invalid_field"),
+    ],
+)
 def test_timestamp_must_be_epoch_seconds_in_range(timestamp, reason):
     rejection = run(event(timestamp=timestamp))
     assert (rejection.reason, rejection.field) == (reason, "timestamp")
 
 
-@pytest.mark.parametrize("timestamp, login_ts", [
-    (1720576825, 1720576825), ("1720576825", 1720576825), (946684800, 946684800),
-    (int(NOW) + 24 * 3600, int(NOW) + 24 * 3600),
-])
+@pytest.mark.parametrize(
+    "timestamp, login_ts",
+    [
+        (1720576825, 1720576825),
+        ("1720576825", 1720576825),
+        (946684800, 946684800),
+        (int(NOW) + 24 * 3600, int(NOW) + 24 * 3600),
+    ],
+)
 def test_timestamp_accepts_ints_and_digit_strings_normalized_to_int(timestamp, login_ts):
     assert run(event(timestamp=timestamp)).record["login_ts"] == login_ts
 
 
 # -- 4. Optional fields: repaired when empty, rejected when of the wrong type ---------------------
-@pytest.mark.parametrize("name, output_name, repaired_value", [
-    ("app_version", "app_version", "unknown"), ("device_type", "device_type", "unknown"),
-    ("locale", "locale", "unknown"), ("ip", "ip_hash", None), ("device_id", "device_id_hash", None),
-])
+@pytest.mark.parametrize(
+    "name, output_name, repaired_value",
+    [
+        ("app_version", "app_version", "unknown"),
+        ("device_type", "device_type", "unknown"),
+        ("locale", "locale", "unknown"),
+        ("ip", "ip_hash", None),
+        ("device_id", "device_id_hash", None),
+    ],
+)
 @pytest.mark.parametrize("empty", [MISSING, None, ""])
 def test_missing_null_or_empty_optional_fields_are_repaired_and_named(name, output_name, repaired_value, empty):
     result = run(event(**{name: empty}))
@@ -108,27 +146,38 @@ def test_optional_fields_of_the_wrong_type_are_invalid(name, wrong):
     assert (rejection.reason, rejection.field) == ("invalid_field", name)
 
 
-@pytest.mark.parametrize("ip", ["999.12.3.4", "not-an-ip", "1.2.3", "1.2.3.4.5", "::g", " 1.2.3.4", "fe80::1%eth0",
-                                "fe80::1%\x1b]0;owned\x07"])
+@pytest.mark.parametrize(
+    "ip",
+    ["999.12.3.4", "not-an-ip", "1.2.3", "1.2.3.4.5", "::g", " 1.2.3.4", "fe80::1%eth0", "fe80::1%\x1b]0;owned\x07"],
+)
 def test_an_ip_that_is_not_an_ipv4_or_ipv6_literal_is_invalid(ip):
-    assert run(event(ip=ip)) == Rejection("invalid_field", "ip",
-                                          "ip is not a valid IPv4 or IPv6 address (zone ids are refused)")
+    assert run(event(ip=ip)) == Rejection(
+        "invalid_field", "ip", "ip is not a valid IPv4 or IPv6 address (zone ids are refused)"
+    )
 
 
-@pytest.mark.parametrize("ip, canonical, version, public", [
-    ("108.228.145.239", "108.228.145.239", 4, True), ("10.0.0.7", "10.0.0.7", 4, False),
-    ("::ffff:108.228.145.239", "108.228.145.239", 4, True), ("2001:DB8::1", "2001:db8::1", 6, False),
-    ("2001:4860:4860:0:0::8888", "2001:4860:4860::8888", 6, True),
-])
+@pytest.mark.parametrize(
+    "ip, canonical, version, public",
+    [
+        ("108.228.145.239", "108.228.145.239", 4, True),
+        ("10.0.0.7", "10.0.0.7", 4, False),
+        ("::ffff:108.228.145.239", "108.228.145.239", 4, True),
+        ("2001:DB8::1", "2001:db8::1", 6, False),
+        ("2001:4860:4860:0:0::8888", "2001:4860:4860::8888", 6, True),
+    ],
+)
 def test_the_ip_is_hashed_in_its_canonical_form_and_enriched_with_version_and_public(ip, canonical, version, public):
     record = run(event(ip=ip)).record
     assert (record["ip_hash"], record["ip_version"], record["ip_is_public"]) == (hmac_hex(canonical), version, public)
 
 
-@pytest.mark.parametrize("spellings", [
-    ["2001:db8::1", "2001:DB8::1", "2001:0db8:0:0::1", "2001:db8:0:0:0:0:0:1"],
-    ["1.2.3.4", "::ffff:1.2.3.4", "::FFFF:0102:0304"],
-])
+@pytest.mark.parametrize(
+    "spellings",
+    [
+        ["2001:db8::1", "2001:DB8::1", "2001:0db8:0:0::1", "2001:db8:0:0:0:0:0:1"],
+        ["1.2.3.4", "::ffff:1.2.3.4", "::FFFF:0102:0304"],
+    ],
+)
 def test_every_spelling_of_one_address_gives_one_hash(spellings):
     assert len({run(event(ip=ip)).record["ip_hash"] for ip in spellings}) == 1
 
@@ -140,29 +189,34 @@ def test_a_string_field_longer_than_its_limit_is_invalid_and_one_at_the_limit_is
     assert isinstance(run(event(**{name: at_limit})), ProcessedLogin)
     too_long = at_limit + ("1" if name != "ip" else " ")
     assert run(event(**{name: too_long})) == Rejection(
-        "invalid_field", name, f"{name} is longer than {MAX_CHARS[name]} characters")
+        "invalid_field", name, f"{name} is longer than {MAX_CHARS[name]} characters"
+    )
 
 
 # -- 5. Normalization and the output record --------------------------------------------------------
 def test_a_valid_event_becomes_the_documented_output_record():
     result = run(event())
     assert result.key == SAMPLE["user_id"].encode()
-    assert json.loads(result.value) == result.record == {
-        "user_id": "a6397988-1649-4859-ae5f-a1407b638ca6",
-        "app_version": "2.3.0",
-        "app_major_version": 2,
-        "device_type": "ios",
-        "locale": "RI",
-        "ip_hash": hmac_hex("108.228.145.239"),
-        "ip_version": 4,
-        "ip_is_public": True,
-        "device_id_hash": hmac_hex("6221eb3d-89b5-4585-8c98-545b78e24c53"),
-        "login_ts": 1720576825,
-        "login_time": "2024-07-10T02:00:25Z",
-        "processed_time": "2024-07-10T02:01:40.500Z",
-        "event_delay_s": 75.5,
-        "repaired_fields": [],
-    }
+    assert (
+        json.loads(result.value)
+        == result.record
+        == {
+            "user_id": "a6397988-1649-4859-ae5f-a1407b638ca6",
+            "app_version": "2.3.0",
+            "app_major_version": 2,
+            "device_type": "ios",
+            "locale": "RI",
+            "ip_hash": hmac_hex("108.228.145.239"),
+            "ip_version": 4,
+            "ip_is_public": True,
+            "device_id_hash": hmac_hex("6221eb3d-89b5-4585-8c98-545b78e24c53"),
+            "login_ts": 1720576825,
+            "login_time": "2024-07-10T02:00:25Z",
+            "processed_time": "2024-07-10T02:01:40.500Z",
+            "event_delay_s": 75.5,
+            "repaired_fields": [],
+        }
+    )
 
 
 def test_device_type_is_lower_cased_and_locale_upper_cased():
@@ -205,8 +259,16 @@ json_values = st.recursive(
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=12,
 )
-field_values = st.one_of(st.none(), st.just(""), st.text(max_size=40), st.integers(), finite, st.booleans(),
-                         st.lists(st.integers(), max_size=3), st.sampled_from(["1.2.3.4", "::1", "1720576825"]))
+field_values = st.one_of(
+    st.none(),
+    st.just(""),
+    st.text(max_size=40),
+    st.integers(),
+    finite,
+    st.booleans(),
+    st.lists(st.integers(), max_size=3),
+    st.sampled_from(["1.2.3.4", "::1", "1720576825"]),
+)
 
 
 @settings(max_examples=500, deadline=None)
@@ -239,8 +301,9 @@ def test_login_shaped_objects_follow_the_rules(body):
 
 
 # -- The shipped JSON Schema describes every output ------------------------------------------------
-SCHEMA = jsonschema.Draft202012Validator(json.loads((Path(__file__).parent.parent / "schemas" /
-                                                    "processed-login.schema.json").read_text()))
+SCHEMA = jsonschema.Draft202012Validator(
+    json.loads((Path(__file__).parent.parent / "schemas" / "processed-login.schema.json").read_text())
+)
 
 
 @settings(max_examples=300, deadline=None)

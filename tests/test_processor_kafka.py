@@ -14,7 +14,15 @@ from local_kafka.generator import FeedProfile, generate
 from login_pipeline.engines.kafka_python_output import keyed_partition
 from login_pipeline.results import ProcessedLogin
 from tests.kafka_helpers import (
-    PROJECT_DIR, TEST_PII_KEY, Processor, Topics, caught_up, committed_offsets, delivery, end_offsets, produce,
+    PROJECT_DIR,
+    TEST_PII_KEY,
+    Processor,
+    Topics,
+    caught_up,
+    committed_offsets,
+    delivery,
+    end_offsets,
+    produce,
     wait_until,
 )
 
@@ -29,7 +37,10 @@ BAD_MESSAGES = [
 ]
 
 
-def generated(count: int, seed: int = 1, profile: FeedProfile = FeedProfile()) -> list[bytes]:
+DEFAULT_PROFILE = FeedProfile()
+
+
+def generated(count: int, seed: int = 1, profile: FeedProfile = DEFAULT_PROFILE) -> list[bytes]:
     return [event.value for event in itertools.islice(generate(seed, profile), count)]
 
 
@@ -61,8 +72,9 @@ def test_a_mixed_stream_splits_between_output_and_dlq_with_headers_and_exact_byt
         assert record.key == expected.key
         assert record.partition == keyed_partition(record.key, 3)  # Kafka's default rule: per-user order holds
         body = json.loads(record.value)
-        assert {k: v for k, v in body.items() if k not in ("processed_time", "event_delay_s")} == \
-            {k: v for k, v in expected.record.items() if k not in ("processed_time", "event_delay_s")}
+        assert {k: v for k, v in body.items() if k not in ("processed_time", "event_delay_s")} == {
+            k: v for k, v in expected.record.items() if k not in ("processed_time", "event_delay_s")
+        }
     reasons = {record.headers["dlq.reason"] for record in landed.dead_letters}
     assert reasons == {b"malformed_json", b"missing_required_field", b"invalid_field"}
 
@@ -103,8 +115,11 @@ def test_sigterm_exits_0_with_every_delivered_offset_committed_and_final_insight
     topics = Topics.create(kafka)
     produce(kafka.input.bootstrap, topics.input, generated(3000, seed=5))
     with Processor(kafka, topics, tmp_path, engine=engine, BATCH_SIZE="200") as processor:
-        wait_until(lambda: any(committed_offsets(kafka.input.bootstrap, topics.input, topics.group).values()),
-                   timeout=60, message="a first commit")
+        wait_until(
+            lambda: any(committed_offsets(kafka.input.bootstrap, topics.input, topics.group).values()),
+            timeout=60,
+            message="a first commit",
+        )
         assert processor.stop(signal.SIGTERM) == 0
     committed = committed_offsets(kafka.input.bootstrap, topics.input, topics.group)
     landed = delivery(kafka, topics)
@@ -124,8 +139,17 @@ def test_insights_appear_every_insights_every_messages(kafka, engine, tmp_path):
         assert processor.stop() == 0
     out = processor.stdout
     assert [f"── insights: {n:,} messages" in out for n in (100, 200, 300, 400, 500)] == [True] * 5
-    for label in ("processed 500", "throughput", "consumer lag", "users", "device types", "locales",
-                  "app versions", "logins/min", "event delay"):
+    for label in (
+        "processed 500",
+        "throughput",
+        "consumer lag",
+        "users",
+        "device types",
+        "locales",
+        "app versions",
+        "logins/min",
+        "event delay",
+    ):
         assert label in out
 
 
@@ -138,23 +162,35 @@ def test_a_missing_topic_stops_with_one_clear_line_and_exit_1(kafka, engine, tmp
     assert end_offsets(kafka.output.bootstrap, topics.output) == {0: 0, 1: 0, 2: 0}
 
 
-@pytest.mark.parametrize("setting, value, complaint", [
-    ("INSIGHTS_EVERY", "often", "INSIGHTS_EVERY='often' must be a whole number from 1 to 1,000,000,000"),
-    ("BATCH_SIZE", "²", "BATCH_SIZE='²' must be a whole number from 1 to 100,000"),
-    ("BATCH_SIZE", "10" * 40, "BATCH_SIZE='" + "10" * 30 + "'... (80 characters) must be a whole number"),
-    ("INPUT_BOOTSTRAP_SERVERS", "localhost", "'localhost' is not host:port"),
-    ("DLQ_TOPIC", "processed-logins", "OUTPUT_TOPIC and DLQ_TOPIC must differ"),
-    ("PII_HASH_KEY", "short", "PII_HASH_KEY must be at least 16 bytes"),
-    ("SECURITY_PROTOCOL", "TLS", "SECURITY_PROTOCOL='TLS' is not one of"),
-])
+@pytest.mark.parametrize(
+    "setting, value, complaint",
+    [
+        ("INSIGHTS_EVERY", "often", "INSIGHTS_EVERY='often' must be a whole number from 1 to 1,000,000,000"),
+        ("BATCH_SIZE", "²", "BATCH_SIZE='²' must be a whole number from 1 to 100,000"),
+        ("BATCH_SIZE", "10" * 40, "BATCH_SIZE='" + "10" * 30 + "'... (80 characters) must be a whole number"),
+        ("INPUT_BOOTSTRAP_SERVERS", "localhost", "'localhost' is not host:port"),
+        ("DLQ_TOPIC", "processed-logins", "OUTPUT_TOPIC and DLQ_TOPIC must differ"),
+        ("PII_HASH_KEY", "short", "PII_HASH_KEY must be at least 16 bytes"),
+        ("SECURITY_PROTOCOL", "TLS", "SECURITY_PROTOCOL='TLS' is not one of"),
+    ],
+)
 def test_bad_config_stops_with_one_line_and_exit_2_before_connecting(setting, value, complaint, tmp_path):
-    env = {"PATH": "/usr/bin:/bin", setting: value,
-           # nothing listens there: had the program tried to connect, it would fail otherwise
-           "OUTPUT_BOOTSTRAP_SERVERS": "127.0.0.1:9"}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        setting: value,
+        # nothing listens there: had the program tried to connect, it would fail otherwise
+        "OUTPUT_BOOTSTRAP_SERVERS": "127.0.0.1:9",
+    }
     if setting != "INPUT_BOOTSTRAP_SERVERS":
         env["INPUT_BOOTSTRAP_SERVERS"] = "127.0.0.1:9"
-    result = subprocess.run([sys.executable, str(PROJECT_DIR / "kafka_consumer_processor.py"), "--env-file", "/dev/null"],
-                            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=20)
+    result = subprocess.run(
+        [sys.executable, str(PROJECT_DIR / "kafka_consumer_processor.py"), "--env-file", "/dev/null"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and complaint in result.stderr
     assert result.stdout == ""
@@ -162,8 +198,18 @@ def test_bad_config_stops_with_one_line_and_exit_2_before_connecting(setting, va
 
 def test_cli_flags_override_the_environment(tmp_path):
     result = subprocess.run(
-        [sys.executable, str(PROJECT_DIR / "kafka_consumer_processor.py"), "--env-file", "/dev/null",
-         "--insights-every", "zero"],
-        env={"PATH": "/usr/bin:/bin", "INSIGHTS_EVERY": "100"}, cwd=tmp_path, capture_output=True, text=True,
-        timeout=20)
+        [
+            sys.executable,
+            str(PROJECT_DIR / "kafka_consumer_processor.py"),
+            "--env-file",
+            "/dev/null",
+            "--insights-every",
+            "zero",
+        ],
+        env={"PATH": "/usr/bin:/bin", "INSIGHTS_EVERY": "100"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
     assert result.returncode == 2 and "INSIGHTS_EVERY='zero'" in result.stderr

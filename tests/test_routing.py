@@ -3,7 +3,6 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kafka.partitioner.default import murmur2 as kafka_python_murmur2
-
 from kafka.record.default_records import DefaultRecordBatchBuilder
 
 from login_pipeline.engines.kafka_python_output import keyed_partition, murmur2
@@ -42,4 +41,7 @@ def test_a_record_fits_a_topic_limit_by_its_full_size_headers_included():
 
 def test_source_headers_name_the_input_coordinates():
     assert source_headers("user-login", 2, 17) == [
-        ("source.topic", b"user-login"), ("source.partition", b"2"), ("source.offset", b"17")]
+        ("source.topic", b"user-login"),
+        ("source.partition", b"2"),
+        ("source.offset", b"17"),
+    ]

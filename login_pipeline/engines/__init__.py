@@ -21,6 +21,8 @@ def connect(config: Config) -> tuple[Input, Output]:
     try:
         engine = importlib.import_module(_MODULES[config.kafka_client])
     except ModuleNotFoundError as missing:
-        raise StartupError(f"KAFKA_CLIENT={config.kafka_client} needs the Python package {missing.name!r}: "
-                           f"pip install -r {_PACKAGES[config.kafka_client]}") from None
+        raise StartupError(
+            f"KAFKA_CLIENT={config.kafka_client} needs the Python package {missing.name!r}: "
+            f"pip install -r {_PACKAGES[config.kafka_client]}"
+        ) from None
     return engine.connect(config)

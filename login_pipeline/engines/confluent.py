@@ -13,19 +13,33 @@ import logging
 import time
 from collections import deque
 from functools import partial
-from typing import Optional
+from typing import Any, Optional, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from login_pipeline.client import (
-    BatchReport, CommitFailureHandler, HandOver, InputRefused, InputUnavailable, OutputGone, Partition, Polled,
-    Rerouted, RevokeHandler, StartupError,
+    BatchReport,
+    CommitFailureHandler,
+    HandOver,
+    InputRefused,
+    InputUnavailable,
+    OutputGone,
+    Partition,
+    Polled,
+    Rerouted,
+    RevokeHandler,
+    StartupError,
 )
 from login_pipeline.config import Config
 from login_pipeline.results import RECORD_REJECTED, RECORD_TOO_LARGE
 from login_pipeline.routing import (
-    DEFAULT_MAX_REQUEST_SIZE, SOURCE_OFFSET, dead_letter, effective_limits, fits, partition_headers,
+    DEFAULT_MAX_REQUEST_SIZE,
+    SOURCE_OFFSET,
+    dead_letter,
+    effective_limits,
+    fits,
+    partition_headers,
     refused_dead_letter,
 )
 
@@ -42,34 +56,53 @@ LIBRDKAFKA_BATCH_BYTES = 1_000_000  # librdkafka's default batch.size
 _REFUSED_FOR_SIZE = {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_MSG_SIZE}
 _REFUSED_AS_INVALID = {KafkaError.INVALID_RECORD, KafkaError.INVALID_MSG}
 # The consumer cannot go on: stop with one line rather than poll forever.
-_INPUT_REFUSALS = {KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED,
-                   KafkaError.CLUSTER_AUTHORIZATION_FAILED, KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED}
+_INPUT_REFUSALS = {
+    KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    KafkaError.GROUP_AUTHORIZATION_FAILED,
+    KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+    KafkaError._AUTHENTICATION,
+    KafkaError.SASL_AUTHENTICATION_FAILED,
+}
 
 
-def connect(config: Config) -> tuple["ConfluentInput", "ConfluentOutput"]:
+def connect(config: Config) -> tuple[ConfluentInput, ConfluentOutput]:
     security = client_security(config)
     check_topics("input", config.input_bootstrap_servers, security, [config.input_topic])
-    size_limits = check_topics("output", config.output_bootstrap_servers, security,
-                               [config.output_topic, config.dlq_topic])
-    output = ConfluentOutput({**producer_settings(config.output_bootstrap_servers), **security},
-                             config.output_topic, config.dlq_topic, ACK_TIMEOUT_S, size_limits)
-    source = ConfluentInput(consumer_settings(config.input_bootstrap_servers, config.consumer_group, security),
-                            config.input_topic, config.batch_size)
+    size_limits = check_topics(
+        "output", config.output_bootstrap_servers, security, [config.output_topic, config.dlq_topic]
+    )
+    output = ConfluentOutput(
+        {**producer_settings(config.output_bootstrap_servers), **security},
+        config.output_topic,
+        config.dlq_topic,
+        ACK_TIMEOUT_S,
+        size_limits,
+    )
+    source = ConfluentInput(
+        consumer_settings(config.input_bootstrap_servers, config.consumer_group, security),
+        config.input_topic,
+        config.batch_size,
+    )
     return source, output
 
 
-def client_security(config: Config) -> dict[str, str]:
+def client_security(config: Config) -> dict[str, Any]:
     """librdkafka's names for the security settings."""
-    settings = {"security.protocol": config.security_protocol}
+    settings: dict[str, Any] = {"security.protocol": config.security_protocol}
     if config.security_protocol.startswith("SASL"):
-        settings.update({"sasl.mechanism": config.sasl_mechanism, "sasl.username": config.sasl_username,
-                         "sasl.password": config.sasl_password})
+        settings.update(
+            {
+                "sasl.mechanism": config.sasl_mechanism,
+                "sasl.username": config.sasl_username,
+                "sasl.password": config.sasl_password,
+            }
+        )
     if config.ssl_cafile:
         settings["ssl.ca.location"] = config.ssl_cafile
     return settings
 
 
-def consumer_settings(servers, group: str, security: dict) -> dict:
+def consumer_settings(servers, group: str, security: dict) -> dict[str, Any]:
     """The input side: manual commits only, a new group starts at the beginning, eager rebalances."""
     return {
         "bootstrap.servers": ",".join(servers),
@@ -87,7 +120,7 @@ def consumer_settings(servers, group: str, security: dict) -> dict:
     }
 
 
-def producer_settings(servers) -> dict:
+def producer_settings(servers) -> dict[str, Any]:
     """The output side: every record acknowledged by all in-sync replicas, no duplicates from retries."""
     return {
         "bootstrap.servers": ",".join(servers),
@@ -105,23 +138,32 @@ def producer_settings(servers) -> dict:
 
 def check_topics(name: str, servers: tuple[str, ...], security: dict, topics: list[str]) -> dict[str, int]:
     """Fail fast, with one line, when a cluster is unreachable or lacks a topic; return their max.message.bytes."""
-    admin = AdminClient({"bootstrap.servers": ",".join(servers), "logger": _silent(), **security})
+    settings: dict[str, Any] = {"bootstrap.servers": ",".join(servers), "logger": _silent(), **security}
+    admin = AdminClient(settings)
     try:
         metadata = admin.list_topics(timeout=STARTUP_TIMEOUT_S)
     except KafkaException as error:
-        raise StartupError(f"cannot reach the {name} cluster at {','.join(servers)} "
-                           f"({error.args[0].name() if error.args else 'KafkaException'})") from None
+        raise StartupError(
+            f"cannot reach the {name} cluster at {','.join(servers)} "
+            f"({error.args[0].name() if error.args else 'KafkaException'})"
+        ) from None
     for topic in topics:
         if topic not in metadata.topics or metadata.topics[topic].error is not None:
             raise StartupError(f"topic {topic!r} does not exist on the {name} cluster at {','.join(servers)}")
     try:
-        futures = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, topic) for topic in topics],
-                                         request_timeout=STARTUP_TIMEOUT_S)
-        return {resource.name: int(future.result(timeout=STARTUP_TIMEOUT_S)["max.message.bytes"].value)
-                for resource, future in futures.items()}
+        futures = admin.describe_configs(
+            [ConfigResource(ConfigResource.Type.TOPIC, topic) for topic in topics], request_timeout=STARTUP_TIMEOUT_S
+        )
+        return {
+            resource.name: int(future.result(timeout=STARTUP_TIMEOUT_S)["max.message.bytes"].value)
+            for resource, future in futures.items()
+        }
     except Exception as error:  # not allowed to describe: the producer's own limit applies
-        log.warning("cannot read max.message.bytes of %s (%s); assuming the producer's limit",
-                    ", ".join(topics), type(error).__name__)
+        log.warning(
+            "cannot read max.message.bytes of %s (%s); assuming the producer's limit",
+            ", ".join(topics),
+            type(error).__name__,
+        )
         return {}
 
 
@@ -137,23 +179,21 @@ class ConfluentInput:
     """login_pipeline.client.Input over confluent-kafka's Consumer."""
 
     def __init__(self, settings: dict, topic: str, batch_size: int) -> None:
-        self._settings = settings
         self._topic = topic
         self._batch_size = batch_size
-        self._consumer: Optional[Consumer] = None
-        self._on_revoke: Optional[RevokeHandler] = None
-        self._on_commit_failure: Optional[CommitFailureHandler] = None
+        self._on_revoke: RevokeHandler = _not_subscribed
+        self._on_commit_failure: CommitFailureHandler = _not_subscribed
+        self._consumer = Consumer({**settings, "on_commit": self._commit_answered})
 
     def subscribe(self, on_revoke: RevokeHandler, on_commit_failure: CommitFailureHandler) -> None:
         self._on_revoke, self._on_commit_failure = on_revoke, on_commit_failure
-        self._consumer = Consumer({**self._settings, "on_commit": self._commit_answered})
         self._consumer.subscribe([self._topic], on_revoke=self._revoked, on_lost=self._lost)
 
     def poll(self, timeout_s: float) -> list[Polled]:
         try:
             messages = self._consumer.consume(num_messages=self._batch_size, timeout=timeout_s)
-        except KafkaException as error:
-            raise self._classify(error.args[0]) from None
+        except KafkaException as raised:
+            raise self._classify(raised.args[0]) from None
         polled: dict[tuple[str, int], Polled] = {}
         for message in messages:
             error = message.error()
@@ -162,11 +202,11 @@ class ConfluentInput:
                     raise InputRefused(f"{error.name()}: {error.str()}")
                 log.warning("the input cluster reported %s; librdkafka retries by itself", error.name())
                 continue
-            key = (message.topic(), message.partition())
+            key = cast("tuple[str, int]", (message.topic(), message.partition()))  # set on every record
             part = polled.get(key)
             if part is None:
                 part = polled[key] = Polled(Partition(*key), [], [], [])
-            part.offsets.append(message.offset())
+            part.offsets.append(cast(int, message.offset()))
             part.keys.append(message.key())
             part.values.append(message.value())
         return list(polled.values())
@@ -183,8 +223,12 @@ class ConfluentInput:
             try:
                 consumer.commit(offsets=_confluent_offsets(offsets), asynchronous=False)
             except KafkaException as error:
-                log.warning("commit before a rebalance failed (%s); the new owner will repeat what %d partitions "
-                            "had uncommitted", error.args[0].name(), len(offsets))
+                log.warning(
+                    "commit before a rebalance failed (%s); the new owner will repeat what %d partitions "
+                    "had uncommitted",
+                    error.args[0].name(),
+                    len(offsets),
+                )
 
     def _lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Lost, not revoked (the session expired): a commit would be refused; settle, commit nothing.
@@ -195,8 +239,9 @@ class ConfluentInput:
             self._consumer.seek(TopicPartition(partition.topic, partition.partition, offset))
         except KafkaException as error:
             # Going on without the rewind would skip the failed records: stop instead, nothing committed past them.
-            raise InputRefused(f"could not rewind {partition.topic}:{partition.partition} to {offset} "
-                               f"({error.args[0].name()})") from None
+            raise InputRefused(
+                f"could not rewind {partition.topic}:{partition.partition} to {offset} ({error.args[0].name()})"
+            ) from None
 
     def commit_in_background(self, offsets: dict[Partition, int]) -> None:
         try:
@@ -206,7 +251,7 @@ class ConfluentInput:
 
     def _commit_answered(self, error: Optional[KafkaError], partitions: list[TopicPartition]) -> None:
         failed = error.name() if error is not None else next((tp.error.name() for tp in partitions if tp.error), None)
-        if failed is not None and self._on_commit_failure is not None:
+        if failed is not None:
             self._on_commit_failure(failed)
 
     def commit(self, offsets: dict[Partition, int], timeout_s: float) -> bool:
@@ -231,8 +276,11 @@ class ConfluentInput:
         return sum(lags) if lags else None
 
     def close(self) -> None:
-        if self._consumer is not None:
-            self._consumer.close()  # revokes: the handler settles and commits what was acknowledged
+        self._consumer.close()  # revokes: the handler settles and commits what was acknowledged
+
+
+def _not_subscribed(*_args: object) -> Any:
+    raise RuntimeError("subscribe() first")
 
 
 def _confluent_offsets(offsets: dict[Partition, int]) -> list[TopicPartition]:
@@ -253,10 +301,12 @@ class _Batch:
 class ConfluentOutput:
     """login_pipeline.client.Output over confluent-kafka's Producer, in this process."""
 
-    def __init__(self, settings: dict, output_topic: str, dlq_topic: str, timeout_s: float,
-                 size_limits: dict[str, int]) -> None:
-        self.size_limits = effective_limits(size_limits, (output_topic, dlq_topic),
-                                            settings.get("message.max.bytes", DEFAULT_MAX_REQUEST_SIZE))
+    def __init__(
+        self, settings: dict, output_topic: str, dlq_topic: str, timeout_s: float, size_limits: dict[str, int]
+    ) -> None:
+        self.size_limits = effective_limits(
+            size_limits, (output_topic, dlq_topic), settings.get("message.max.bytes", DEFAULT_MAX_REQUEST_SIZE)
+        )
         # librdkafka does not split a batch the broker refuses as too large (Java and kafka-python do):
         # every record in it would fail. So no batch is built larger than the smallest topic takes.
         batch_bytes = min(LIBRDKAFKA_BATCH_BYTES, *self.size_limits.values())
@@ -273,8 +323,9 @@ class ConfluentOutput:
     def _client_error(self, error: KafkaError) -> None:
         if error.fatal():
             self._fatal = error.name()
-            log.error("the producer stopped after a fatal error (%s); a new one takes over at the next batch",
-                      error.name())
+            log.error(
+                "the producer stopped after a fatal error (%s); a new one takes over at the next batch", error.name()
+            )
 
     def send(self, records: HandOver) -> None:
         prefix = partition_headers(records.topic, records.partition)
@@ -291,11 +342,17 @@ class ConfluentOutput:
             else:
                 topic, limit = self._dlq_topic, limits[self._dlq_topic]
                 out_key, out_value, headers = dead_letter(key, value, rejection, source)
-            if not fits(limit, out_key, out_value, headers):
+            if not fits(limit, out_key, cast(bytes, out_value), headers):  # a login's value is never null
                 self._reroute(batch, position, (key, value, rejection, source), RECORD_TOO_LARGE, "MSG_SIZE_TOO_LARGE")
                 continue
-            self._produce(batch, topic, out_key, out_value, headers,
-                          partial(self._delivered, batch, position, (key, value, rejection, source)))
+            self._produce(
+                batch,
+                topic,
+                out_key,
+                out_value,
+                headers,
+                partial(self._delivered, batch, position, (key, value, rejection, source)),
+            )
         self._producer.poll(0)  # serve delivery reports as they come, so the queue never fills with them
 
     def _produce(self, batch: _Batch, topic: str, key, value, headers, on_delivery) -> None:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Iterator, Optional
+from collections.abc import Iterator
+from typing import Any, Optional
 
 from kafka import AsyncConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
@@ -15,7 +16,13 @@ from kafka.errors import CommitFailedError, KafkaError, RetriableError
 from kafka.structs import OffsetAndMetadata
 
 from login_pipeline.client import (
-    CommitFailureHandler, InputRefused, InputUnavailable, OutputGone, Partition, Polled, RevokeHandler,
+    CommitFailureHandler,
+    InputRefused,
+    InputUnavailable,
+    OutputGone,
+    Partition,
+    Polled,
+    RevokeHandler,
     StartupError,
 )
 from login_pipeline.config import Config
@@ -32,28 +39,38 @@ SESSION_TIMEOUT_MS = 10_000
 RECONNECT_BACKOFF_MAX_MS = 2_000
 
 
-def connect(config: Config) -> tuple["KafkaPythonInput", OutputProcess]:
+def connect(config: Config) -> tuple[KafkaPythonInput, OutputProcess]:
     security = client_security(config)
     with _client_logs_quiet():
         check_topics("input", config.input_bootstrap_servers, security, [config.input_topic])
-        size_limits = check_topics("output", config.output_bootstrap_servers, security,
-                                   [config.output_topic, config.dlq_topic])
+        size_limits = check_topics(
+            "output", config.output_bootstrap_servers, security, [config.output_topic, config.dlq_topic]
+        )
     try:
-        output = OutputProcess({**producer_settings(config.output_bootstrap_servers), **security},
-                               config.output_topic, config.dlq_topic, ACK_TIMEOUT_S, size_limits)
+        output = OutputProcess(
+            {**producer_settings(config.output_bootstrap_servers), **security},
+            config.output_topic,
+            config.dlq_topic,
+            ACK_TIMEOUT_S,
+            size_limits,
+        )
     except OutputGone as error:
         raise StartupError(str(error)) from None
-    consumer = KafkaConsumer(**consumer_settings(config.input_bootstrap_servers, config.consumer_group,
-                                                 config.batch_size), **security)
+    consumer = KafkaConsumer(
+        **consumer_settings(config.input_bootstrap_servers, config.consumer_group, config.batch_size), **security
+    )
     return KafkaPythonInput(consumer, config.input_topic), output
 
 
-def client_security(config: Config) -> dict[str, str]:
+def client_security(config: Config) -> dict[str, Any]:
     """kafka-python settings that let a client reach a secured cluster; only the protocol for PLAINTEXT."""
-    settings = {"security_protocol": config.security_protocol}
+    settings: dict[str, Any] = {"security_protocol": config.security_protocol}
     if config.security_protocol.startswith("SASL"):
-        settings.update(sasl_mechanism=config.sasl_mechanism, sasl_plain_username=config.sasl_username,
-                        sasl_plain_password=config.sasl_password)
+        settings.update(
+            sasl_mechanism=config.sasl_mechanism,
+            sasl_plain_username=config.sasl_username,
+            sasl_plain_password=config.sasl_password,
+        )
     if config.ssl_cafile:
         settings["ssl_cafile"] = config.ssl_cafile
     return settings
@@ -109,9 +126,15 @@ class KafkaPythonInput:
             raise InputUnavailable(type(error).__name__) from None
         except KafkaError as error:  # not retriable: authorization, a deleted topic, a fenced member...
             raise InputRefused(f"{type(error).__name__}: {error}") from None
-        return [Polled(Partition(tp.topic, tp.partition), [m.offset for m in messages],
-                       [m.key for m in messages], [m.value for m in messages])
-                for tp, messages in batch.items()]
+        return [
+            Polled(
+                Partition(tp.topic, tp.partition),
+                [m.offset for m in messages],
+                [m.key for m in messages],
+                [m.value for m in messages],
+            )
+            for tp, messages in batch.items()
+        ]
 
     def seek(self, partition: Partition, offset: int) -> None:
         self._consumer.seek(TopicPartition(*partition), offset)
@@ -129,8 +152,10 @@ class KafkaPythonInput:
             return True
         except CommitFailedError:
             # The group rebalanced away from us; the new owner resumes from the last committed offsets.
-            log.warning("commit rejected after a rebalance; the new owner will repeat what %d partitions had "
-                        "uncommitted", len(offsets))
+            log.warning(
+                "commit rejected after a rebalance; the new owner will repeat what %d partitions had uncommitted",
+                len(offsets),
+            )
         except KafkaError as error:
             log.warning("commit failed (%s)", type(error).__name__)
         return False
@@ -170,8 +195,11 @@ class _CommitBeforeRevoke(AsyncConsumerRebalanceListener):
         try:
             await self._consumer.commit_async(_kafka_offsets(offsets))
         except KafkaError as error:
-            log.warning("commit before a rebalance failed (%s); the new owner will repeat what %d partitions "
-                        "had uncommitted", type(error).__name__, len(offsets))
+            log.warning(
+                "commit before a rebalance failed (%s); the new owner will repeat what %d partitions had uncommitted",
+                type(error).__name__,
+                len(offsets),
+            )
 
     async def on_partitions_assigned(self, assigned) -> None:
         pass
@@ -200,8 +228,12 @@ def check_topics(name: str, servers: tuple[str, ...], security: dict, topics: li
     too large for a topic are known before they are sent.
     """
     try:
-        with KafkaAdminClient(bootstrap_servers=list(servers), bootstrap_timeout_ms=STARTUP_TIMEOUT_MS,
-                              request_timeout_ms=STARTUP_TIMEOUT_MS, **security) as admin:
+        with KafkaAdminClient(
+            bootstrap_servers=list(servers),
+            bootstrap_timeout_ms=STARTUP_TIMEOUT_MS,
+            request_timeout_ms=STARTUP_TIMEOUT_MS,
+            **security,
+        ) as admin:
             existing = set(admin.list_topics())
             missing = [topic for topic in topics if topic not in existing]
             if missing:
@@ -215,10 +247,17 @@ def _size_limits(admin: KafkaAdminClient, topics: list[str]) -> dict[str, int]:
     try:
         described = admin.describe_configs(
             [ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": None}) for topic in topics],
-            config_filter="all")
-        return {topic: int(configs["max.message.bytes"]["value"])
-                for topic, configs in described.get("topic", {}).items() if "max.message.bytes" in configs}
+            config_filter="all",
+        )
+        return {
+            topic: int(configs["max.message.bytes"]["value"])
+            for topic, configs in described.get("topic", {}).items()
+            if "max.message.bytes" in configs
+        }
     except KafkaError as error:  # not allowed to describe: the producer's own limit applies
-        log.warning("cannot read max.message.bytes of %s (%s); assuming the producer's limit",
-                    ", ".join(topics), type(error).__name__)
+        log.warning(
+            "cannot read max.message.bytes of %s (%s); assuming the producer's limit",
+            ", ".join(topics),
+            type(error).__name__,
+        )
         return {}

@@ -27,17 +27,26 @@ import socket
 import struct
 from collections import deque
 from multiprocessing.connection import Connection
-from typing import Optional
+from typing import cast
 
 from kafka import KafkaProducer
 from kafka.errors import (
-    CorruptRecordError, InvalidRecordError, KafkaError, MessageSizeTooLargeError, RecordListTooLargeError,
+    CorruptRecordError,
+    InvalidRecordError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
 )
 
 from login_pipeline.client import BatchReport, HandOver, OutputGone, Rerouted
 from login_pipeline.results import RECORD_REJECTED, RECORD_TOO_LARGE
 from login_pipeline.routing import (
-    DEFAULT_MAX_REQUEST_SIZE, SOURCE_OFFSET, dead_letter, effective_limits, fits, partition_headers,
+    DEFAULT_MAX_REQUEST_SIZE,
+    SOURCE_OFFSET,
+    dead_letter,
+    effective_limits,
+    fits,
+    partition_headers,
     refused_dead_letter,
 )
 
@@ -83,18 +92,23 @@ def murmur2(data: bytes) -> int:
 
 
 class OutputProcess:
-    def __init__(self, producer_settings: dict, output_topic: str, dlq_topic: str, timeout: float,
-                 size_limits: dict[str, int]) -> None:
+    def __init__(
+        self, producer_settings: dict, output_topic: str, dlq_topic: str, timeout: float, size_limits: dict[str, int]
+    ) -> None:
         """Start the child; `size_limits` is each topic's largest record batch in bytes (max.message.bytes)."""
-        self.size_limits = effective_limits(size_limits, (output_topic, dlq_topic),
-                                            producer_settings.get("max_request_size", DEFAULT_MAX_REQUEST_SIZE))
+        self.size_limits = effective_limits(
+            size_limits, (output_topic, dlq_topic), producer_settings.get("max_request_size", DEFAULT_MAX_REQUEST_SIZE)
+        )
         context = multiprocessing.get_context("spawn")  # no threads or sockets inherited from the parent
         self._connection, child_end = context.Pipe()
         _widen_send_buffer(self._connection)
         self._timeout = timeout
         self._process = context.Process(
-            target=_serve, args=(child_end, producer_settings, output_topic, dlq_topic, self.size_limits),
-            name="login-output", daemon=True)
+            target=_serve,
+            args=(child_end, producer_settings, output_topic, dlq_topic, self.size_limits),
+            name="login-output",
+            daemon=True,
+        )
         self._process.start()
         child_end.close()
         reply = self._receive(timeout=60)
@@ -158,8 +172,9 @@ def _widen_send_buffer(connection: Connection) -> None:
         duplicate.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
 
 
-def _serve(connection: Connection, settings: dict, output_topic: str, dlq_topic: str,
-           size_limits: dict[str, int]) -> None:
+def _serve(
+    connection: Connection, settings: dict, output_topic: str, dlq_topic: str, size_limits: dict[str, int]
+) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -240,7 +255,11 @@ class _Router:
                     if not self._partitions:
                         batch.fail(f"the partitions of {self._output_topic} are unknown")
                         return
-                sent_future(self._send(self._output_topic, key, value, headers, keyed_partition(key, self._partitions)))
+                sent_future(
+                    self._send(
+                        self._output_topic, key, value, headers, keyed_partition(cast(bytes, key), self._partitions)
+                    )
+                )
             else:
                 sent_future(self._send(self._dlq_topic, *dead_letter(key, value, rejection, headers), None))
             sent_record((key, value, rejection, headers))
@@ -311,8 +330,10 @@ class _Batch:
     def report(self) -> BatchReport:
         failed = [future.exception for future in self.futures if not future.succeeded()]
         if failed:
-            return BatchReport(f"{len(failed)} of {len(self.futures)} records were not acknowledged: "
-                               f"{type(failed[0]).__name__}: {str(failed[0])[:200]}")
+            return BatchReport(
+                f"{len(failed)} of {len(self.futures)} records were not acknowledged: "
+                f"{type(failed[0]).__name__}: {str(failed[0])[:200]}"
+            )
         return BatchReport(self.failure, tuple(self.rerouted))
 
 
