@@ -71,6 +71,7 @@ def test_sasl_settings_pass_through_to_the_clients(tmp_path):
     "environ, complaint",
     [
         ({"INSIGHTS_EVERY": "0"}, "INSIGHTS_EVERY='0' must be a whole number from 1 to 1,000,000,000"),
+        ({"KAFKA_CLIENT": "librdkafka"}, "KAFKA_CLIENT='librdkafka' is not one of kafka-python, confluent-kafka"),
         ({"BATCH_SIZE": "-5"}, "BATCH_SIZE='-5' must be a whole number from 1 to 100,000"),
         ({"BATCH_SIZE": "²"}, "BATCH_SIZE='²' must be a whole number"),  # str.isdigit() says yes
         ({"BATCH_SIZE": "２０"}, "BATCH_SIZE='２０' must be a whole number"),  # int() says 20
@@ -138,6 +139,7 @@ def test_help_documents_every_setting(capsys):
         "--insights-every",
         "--batch-size",
         "--security-protocol",
+        "--kafka-client",
         "--sasl-mechanism",
         "--sasl-username",
         "--sasl-password",
@@ -152,3 +154,33 @@ def test_env_example_names_every_setting_with_its_default():
     assert set(assigned) == {setting.env for setting in SETTINGS}
     for setting in SETTINGS:
         assert assigned[setting.env] == (setting.default or "")
+
+
+@pytest.mark.parametrize("value", ["confluent-kafka", "CONFLUENT-KAFKA", " kafka-python "])
+def test_the_kafka_client_is_chosen_by_name(value):
+    assert load([], "test", environ={"KAFKA_CLIENT": value}).kafka_client == value.strip().lower()
+
+
+def test_each_engine_maps_the_security_settings_to_its_clients_names(tmp_path):
+    from login_pipeline.engines import confluent
+
+    ca = tmp_path / "ca.pem"
+    ca.write_text("certificate")
+    config = load(
+        [],
+        "test",
+        environ={
+            "SECURITY_PROTOCOL": "SASL_SSL",
+            "SASL_MECHANISM": "SCRAM-SHA-512",
+            "SASL_USERNAME": "svc",
+            "SASL_PASSWORD": "pw",
+            "SSL_CAFILE": str(ca),
+        },
+    )
+    assert confluent.client_security(config) == {
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "svc",
+        "sasl.password": "pw",
+        "ssl.ca.location": str(ca),
+    }

@@ -213,3 +213,31 @@ def test_cli_flags_override_the_environment(tmp_path):
         timeout=20,
     )
     assert result.returncode == 2 and "INSIGHTS_EVERY='zero'" in result.stderr
+
+
+def test_confluent_kafka_asked_for_and_not_installed_stops_with_one_line_saying_what_to_install(tmp_path):
+    hide_the_package = (
+        "import sys; sys.modules['confluent_kafka'] = None; import kafka_consumer_processor as k; "
+        "sys.exit(k.main(['--env-file', '/dev/null']))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", hide_the_package],
+        env={
+            "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": str(PROJECT_DIR),
+            "KAFKA_CLIENT": "confluent-kafka",
+            "INPUT_BOOTSTRAP_SERVERS": "127.0.0.1:9",
+            "OUTPUT_BOOTSTRAP_SERVERS": "127.0.0.1:9",
+            "PII_HASH_KEY": TEST_PII_KEY,
+        },
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1
+    assert (
+        "KAFKA_CLIENT=confluent-kafka needs the Python package 'confluent_kafka': "
+        "pip install -r requirements-confluent.txt" in result.stderr
+    )
