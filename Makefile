@@ -26,7 +26,7 @@ test-fast: $(INSTALLED)
 	$(PY) -m pytest -m "not slow and not kafka"
 
 bench: setup
-	$(PY) bench/benchmark.py
+	$(PY) -m bench.benchmark
 
 kafka-up: setup
 	$(PY) -m local_kafka up

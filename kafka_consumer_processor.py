@@ -21,7 +21,7 @@ try:
     import orjson
 
     from login_pipeline import config as configuration
-    from login_pipeline import runner
+    from login_pipeline import logs, runner
 except ModuleNotFoundError as missing:  # the set-up step was skipped: say what to do instead of a traceback
     sys.exit(
         f"missing Python package {missing.name!r}: install the requirements first, "
@@ -191,8 +191,7 @@ def _json_type(value: object) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("kafka").setLevel(logging.WARNING)
+    logs.configure()
     try:
         config = configuration.load(argv, __doc__)
     except configuration.ConfigError as error:

@@ -1,15 +1,19 @@
-"""`make bench`: the processor against its client library's ceiling and the naive design, side by side.
+"""`make bench`: both engines against each client's ceiling, Quix Streams and the naive design, side by side.
 
 Runs on a fresh pair of real local brokers (under .local/bench, removed before and after) and prints
 one Markdown table. Every figure is a ratio or a distribution measured in this run, on this machine:
 
 - throughput: N valid events preloaded into a 1-partition topic; each contender drains it into its
-  own output topic with its own group; rate = records delivered / time from first to last output
-  record (start-up excluded). Contenders alternate, the median of --runs is reported.
+  own output topic with its own group, input and output on one cluster (Quix Streams' Application
+  takes one broker address); rate = records delivered / time from first to last output record
+  (start-up excluded). Contenders alternate, the median of --runs is reported. Contenders: the
+  processor with each engine, each client's tuned passthrough (bench/baselines.py), Quix Streams
+  at-least-once applying the same process_message (bench/quix_app.py, in its own virtualenv), and
+  the naive design.
 - latency: events fed at a steady 1,000/s into a LogAppendTime topic; end-to-end = output receipt
-  time minus the input record's append time; p50 and p99.
-- memory: 1,000,000 events whose users, IPs and devices are all distinct; RSS of the processor and
-  its output process together at 20 % and 100 %, and the sum of their peaks.
+  time minus the input record's append time; p50 and p99; per engine.
+- memory: 1,000,000 events whose users, IPs and devices are all distinct; RSS of the processor (and
+  kafka-python's output process) at 20 % and 100 %, and the sum of their peaks; per engine.
 - scaling: drain time of N events on a 3-partition topic with 1, 2 and 3 processor processes.
 """
 
@@ -24,26 +28,63 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
+from typing import NamedTuple
 
+import confluent_kafka
 import kafka
 from kafka import KafkaConsumer, TopicPartition
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_DIR))
-from local_kafka import brokers  # noqa: E402
-from local_kafka.brokers import create_topics  # noqa: E402
-from local_kafka.generator import FeedProfile, fill  # noqa: E402
-from local_kafka.memory import tree_rss_mb  # noqa: E402
+from local_kafka import brokers
+from local_kafka.brokers import PROJECT_DIR, create_topics, unique_name
+from local_kafka.generator import FeedProfile, fill
+from local_kafka.memory import tree_peak_rss_mb, tree_rss_mb
 
 PII_KEY = "benchmark-key-0123456789abcdef"
 PROCESSOR = [sys.executable, str(PROJECT_DIR / "kafka_consumer_processor.py"), "--env-file", "/dev/null"]
-BASELINE = [sys.executable, str(PROJECT_DIR / "bench" / "baselines.py")]
+ENGINES = ("kafka-python", "confluent-kafka")
+QUIX_VERSION = "3.28.1"
+QUIX_VENV = brokers.STATE_DIR / "bench-quix"
 
 
-def unique(name: str) -> str:
-    return f"{name}-{uuid.uuid4().hex[:8]}"
+class Contender(NamedTuple):
+    name: str
+    command: list[str]
+    env: dict[str, str]
+
+
+def processor(engine: str) -> Contender:
+    return Contender(f"processor ({engine})", PROCESSOR, {"KAFKA_CLIENT": engine})
+
+
+def baseline(name: str) -> Contender:
+    return Contender(name, [sys.executable, "-m", "bench.baselines", name], {})
+
+
+def quix_streams() -> Contender:
+    """Quix Streams in a virtualenv of its own (made once), so its dependencies never meet the processor's."""
+    python = QUIX_VENV / "bin" / "python"
+    stamp = QUIX_VENV / f".quixstreams-{QUIX_VERSION}"
+    if not stamp.exists():
+        print(f"  installing Quix Streams {QUIX_VERSION} into {QUIX_VENV} (once)", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(QUIX_VENV)], check=True, timeout=300)
+        subprocess.run(
+            [
+                str(python),
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-r",
+                str(PROJECT_DIR / "requirements.txt"),
+                f"quixstreams=={QUIX_VERSION}",
+            ],
+            check=True,
+            timeout=900,
+        )
+        stamp.touch()
+    return Contender("Quix Streams", [str(python), "-m", "bench.quix_app"], {})
 
 
 class Bench:
@@ -65,12 +106,12 @@ class Bench:
         }
 
     def fresh_outputs(self, partitions: int = 1) -> tuple[str, str, str]:
-        output, dlq = unique("bench-out"), unique("bench-dlq")
+        output, dlq = unique_name("bench-out"), unique_name("bench-dlq")
         create_topics(self.pair.output.bootstrap, partitions, output, dlq)
-        return output, dlq, unique("bench-group")
+        return output, dlq, unique_name("bench-group")
 
     def preload(self, count: int, partitions: int, profile: FeedProfile) -> str:
-        topic = unique("bench-in")
+        topic = unique_name("bench-in")
         create_topics(self.pair.input.bootstrap, partitions, topic)
         fill(self.pair.input.bootstrap, topic, seed=1, profile=profile, count=count, workers=os.cpu_count() or 1)
         return topic
@@ -79,13 +120,19 @@ class Bench:
         partitions = [TopicPartition(t, p) for t in topics for p in self.output_reader.partitions_for_topic(t) or ()]
         return sum(self.output_reader.end_offsets(partitions).values())
 
-    def start(self, command: list[str], env: dict[str, str], name: str) -> subprocess.Popen:
+    def start(self, contender: Contender, env: dict[str, str], name: str) -> subprocess.Popen:
         with (self.log_dir / f"{name}.err").open("ab") as errors:
-            return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=errors)
+            return subprocess.Popen(
+                contender.command,
+                env={**env, **contender.env},
+                cwd=PROJECT_DIR,
+                stdout=subprocess.DEVNULL,
+                stderr=errors,
+            )
 
     def drain(
         self,
-        commands: list[list[str]],
+        contenders: list[Contender],
         input_topic: str,
         expect: int,
         partitions: int = 1,
@@ -95,7 +142,7 @@ class Bench:
         """Start the commands on fresh outputs; seconds from the first output record to `expect` of them."""
         output, dlq, group = self.fresh_outputs(partitions)
         env = self.env(input_topic, output, dlq, group)
-        processes = [self.start(command, env, f"{command[-1]}-{n}") for n, command in enumerate(commands)]
+        processes = [self.start(contender, env, f"{contender.name}-{n}") for n, contender in enumerate(contenders)]
         try:
             deadline = time.monotonic() + timeout
             first_at = first_count = None
@@ -109,7 +156,9 @@ class Bench:
                 if count >= expect:
                     return (now - first_at) * expect / max(expect - first_count, 1)
                 if now > deadline or any(p.poll() is not None for p in processes):
-                    raise RuntimeError(f"{commands[0][-1]} stopped at {count} of {expect} records; see {self.log_dir}")
+                    raise RuntimeError(
+                        f"{contenders[0].name} stopped at {count} of {expect} records; see {self.log_dir}"
+                    )
                 time.sleep(0.05)
         finally:
             stop(processes)
@@ -129,24 +178,29 @@ def stop(processes: list[subprocess.Popen]) -> None:
 
 def throughput(bench: Bench, events: int, runs: int, naive_events: int) -> dict[str, float]:
     topic = bench.preload(events, 1, FeedProfile.clean())
-    contenders = {
-        "processor": ([PROCESSOR], events),
-        "passthrough": ([BASELINE + ["passthrough"]], events),
-        "naive": ([BASELINE + ["naive"]], naive_events),
-    }
-    rates: dict[str, list[float]] = {name: [] for name in contenders}
+    contenders = [
+        (processor("kafka-python"), events),
+        (processor("confluent-kafka"), events),
+        (baseline("kafka-python-passthrough"), events),
+        (baseline("confluent-passthrough"), events),
+        (quix_streams(), events),
+        (baseline("naive"), naive_events),
+    ]
+    rates: dict[str, list[float]] = {contender.name: [] for contender, _ in contenders}
     for run in range(runs):
-        order = list(contenders)[run % 3 :] + list(contenders)[: run % 3]  # alternate who goes first
-        for name in order:
-            commands, expect = contenders[name]
-            seconds = bench.drain(commands, topic, expect)
-            rates[name].append(expect / seconds)
-            print(f"  throughput run {run + 1}/{runs}: {name:12} {expect / seconds:10,.0f} msg/s", file=sys.stderr)
+        shift = run % len(contenders)
+        for contender, expect in contenders[shift:] + contenders[:shift]:  # alternate who goes first
+            seconds = bench.drain([contender], topic, expect)
+            rates[contender.name].append(expect / seconds)
+            print(
+                f"  throughput run {run + 1}/{runs}: {contender.name:28} {expect / seconds:10,.0f} msg/s",
+                file=sys.stderr,
+            )
     return {name: statistics.median(values) for name, values in rates.items()}
 
 
-def latency(bench: Bench, rate: int, seconds: int) -> tuple[float, float]:
-    topic = unique("bench-latency")
+def latency(bench: Bench, engine: str, rate: int, seconds: int) -> tuple[float, float]:
+    topic = unique_name("bench-latency")
     create_topics(bench.pair.input.bootstrap, 1, topic, configs={"message.timestamp.type": "LogAppendTime"})
     output, dlq, group = bench.fresh_outputs()
     received: dict[int, float] = {}
@@ -161,7 +215,7 @@ def latency(bench: Bench, rate: int, seconds: int) -> tuple[float, float]:
                 for message in messages:
                     received[int(dict(message.headers)["source.offset"])] = now
 
-    processor = bench.start(PROCESSOR, bench.env(topic, output, dlq, group), "latency-processor")
+    running = bench.start(processor(engine), bench.env(topic, output, dlq, group), f"latency-{engine}")
     thread = threading.Thread(target=read, daemon=True)
     thread.start()
     try:
@@ -193,7 +247,7 @@ def latency(bench: Bench, rate: int, seconds: int) -> tuple[float, float]:
     finally:
         done.set()
         thread.join(10)
-        stop([processor])
+        stop([running])
         reader.close()
     appended = KafkaConsumer(bootstrap_servers=bench.pair.input.bootstrap)
     partition = TopicPartition(topic, 0)
@@ -209,8 +263,7 @@ def latency(bench: Bench, rate: int, seconds: int) -> tuple[float, float]:
     return delays[len(delays) // 2] * 1000, delays[int(len(delays) * 0.99)] * 1000
 
 
-def memory(bench: Bench, events: int) -> tuple[float, float, float]:
-    topic = bench.preload(events, 3, FeedProfile.clean())
+def memory(bench: Bench, engine: str, topic: str, events: int) -> tuple[float, float, float]:
     samples: dict[str, float] = {}
 
     def sample(count: int, processes: list[subprocess.Popen]) -> None:
@@ -219,15 +272,14 @@ def memory(bench: Bench, events: int) -> tuple[float, float, float]:
             samples["at20"] = tree_rss_mb(pid)
         if count >= events:
             samples["at100"] = tree_rss_mb(pid)
-            samples["peak"] = tree_rss_mb(pid, "VmHWM")
+            samples["peak"] = tree_peak_rss_mb(pid)
 
-    bench.drain([PROCESSOR], topic, events, partitions=3, on_sample=sample)
+    bench.drain([processor(engine)], topic, events, partitions=3, on_sample=sample)
     return samples["at20"], samples["at100"], samples["peak"]
 
 
-def scaling(bench: Bench, events: int) -> dict[int, float]:
-    topic = bench.preload(events, 3, FeedProfile.clean())
-    return {n: bench.drain([PROCESSOR] * n, topic, events, partitions=3) for n in (1, 2, 3)}
+def scaling(bench: Bench, engine: str, topic: str, events: int) -> dict[int, float]:
+    return {n: bench.drain([processor(engine)] * n, topic, events, partitions=3) for n in (1, 2, 3)}
 
 
 def machine() -> str:
@@ -242,7 +294,9 @@ def machine() -> str:
     memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return (
         f"{os.cpu_count()} cores ({cpu}), {memory_gb:.0f} GB, Python {platform.python_version()}, "
-        f"kafka-python {kafka.__version__}, Apache Kafka (local KRaft, 1 node per cluster)"
+        f"kafka-python {kafka.__version__}, confluent-kafka {confluent_kafka.version()[0]} "
+        f"(librdkafka {confluent_kafka.libversion()[0]}), Quix Streams {QUIX_VERSION}, "
+        "Apache Kafka (local KRaft, 1 node per cluster)"
     )
 
 
@@ -262,41 +316,82 @@ def main() -> int:
     print(f"starting brokers under {state}", file=sys.stderr)
     brokers.up(pair.clusters)
     try:
+        one_cluster = Bench(brokers.Pair(pair.input, pair.input), state)
+        rates = throughput(one_cluster, args.events, args.runs, args.naive_events)
         bench = Bench(pair, state)
-        rates = throughput(bench, args.events, args.runs, args.naive_events)
-        print("  measuring latency", file=sys.stderr)
-        p50, p99 = latency(bench, 1000, args.latency_seconds)
-        print("  measuring memory", file=sys.stderr)
-        at20, at100, peak = memory(bench, args.memory_events)
-        print("  measuring scaling", file=sys.stderr)
-        drains = scaling(bench, args.events)
+        per_engine = {}
+        memory_topic = bench.preload(args.memory_events, 3, FeedProfile.clean())
+        scaling_topic = bench.preload(args.events, 3, FeedProfile.clean())
+        for engine in ENGINES:
+            print(f"  measuring latency, memory and scaling with {engine}", file=sys.stderr)
+            per_engine[engine] = (
+                latency(bench, engine, 1000, args.latency_seconds),
+                memory(bench, engine, memory_topic, args.memory_events),
+                scaling(bench, engine, scaling_topic, args.events),
+            )
     finally:
         brokers.down(pair.clusters)
         shutil.rmtree(state, ignore_errors=True)
 
-    vs_passthrough = rates["processor"] / rates["passthrough"]
-    vs_naive = rates["processor"] / rates["naive"]
-    ok = lambda passed: "yes" if passed else "**no**"  # noqa: E731
-    rows = [
-        ("processor throughput", f"{rates['processor']:,.0f} msg/s", "", ""),
-        ("raw passthrough (kafka-python ceiling)", f"{rates['passthrough']:,.0f} msg/s", "", ""),
-        ("naive design", f"{rates['naive']:,.0f} msg/s", "", ""),
-        ("processor / passthrough", f"{vs_passthrough:.2f}", ">= 0.8", ok(vs_passthrough >= 0.8)),
-        ("processor / naive", f"{vs_naive:.1f}x", ">= 5x", ok(vs_naive >= 5)),
-        ("end-to-end latency p50 at 1,000 msg/s", f"{p50:.1f} ms", "", ""),
-        ("end-to-end latency p99 at 1,000 msg/s", f"{p99:.1f} ms", "<= 50 ms", ok(p99 <= 50)),
-        (f"RSS at 20 % / 100 % of {args.memory_events:,} distinct", f"{at20:.0f} / {at100:.0f} MB", "", ""),
-        ("RSS growth 20 % -> 100 %", f"{at100 - at20:+.1f} MB", "<= 30 MB", ok(at100 - at20 <= 30)),
-        ("peak RSS", f"{peak:.0f} MB", "<= 250 MB", ok(peak <= 250)),
-    ] + [
+    def ok(passed: bool) -> str:
+        return "yes" if passed else "**no**"
+
+    def ratio(a: str, b: str) -> float:
+        return rates[a] / rates[b]
+
+    kp, ck = "processor (kafka-python)", "processor (confluent-kafka)"
+    rows = [(name, f"{rate:,.0f} msg/s", "", "") for name, rate in rates.items()] + [
         (
-            f"drain {args.events:,} on 3 partitions, {n} process{'es' if n > 1 else ''}",
-            f"{seconds:.1f} s ({args.events / seconds:,.0f} msg/s)",
-            "",
-            "",
-        )
-        for n, seconds in drains.items()
+            "confluent-kafka engine / Quix Streams",
+            f"{ratio(ck, 'Quix Streams'):.2f}x",
+            ">= 2.0x",
+            ok(ratio(ck, "Quix Streams") >= 2.0),
+        ),
+        (
+            "confluent-kafka engine / confluent passthrough",
+            f"{ratio(ck, 'confluent-passthrough'):.2f}",
+            ">= 0.65",
+            ok(ratio(ck, "confluent-passthrough") >= 0.65),
+        ),
+        (
+            "kafka-python engine / Quix Streams",
+            f"{ratio(kp, 'Quix Streams'):.2f}x",
+            ">= 1.0x",
+            ok(ratio(kp, "Quix Streams") >= 1.0),
+        ),
+        (
+            "kafka-python engine / kafka-python passthrough",
+            f"{ratio(kp, 'kafka-python-passthrough'):.2f}",
+            ">= 0.8",
+            ok(ratio(kp, "kafka-python-passthrough") >= 0.8),
+        ),
+        ("kafka-python engine / naive", f"{ratio(kp, 'naive'):.1f}x", "", ""),
     ]
+    for engine, ((p50, p99), (at20, at100, peak), drains) in per_engine.items():
+        rows += [
+            (
+                f"{engine}: end-to-end latency p50 / p99 at 1,000 msg/s",
+                f"{p50:.1f} / {p99:.1f} ms",
+                "p99 <= 50 ms",
+                ok(p99 <= 50),
+            ),
+            (
+                f"{engine}: RSS at 20 % / 100 % of {args.memory_events:,} distinct",
+                f"{at20:.0f} / {at100:.0f} MB",
+                "",
+                "",
+            ),
+            (f"{engine}: RSS growth 20 % -> 100 %", f"{at100 - at20:+.1f} MB", "<= 30 MB", ok(at100 - at20 <= 30)),
+            (f"{engine}: peak RSS", f"{peak:.0f} MB", "", ""),
+        ] + [
+            (
+                f"{engine}: drain {args.events:,} on 3 partitions, {n} process{'es' if n > 1 else ''}",
+                f"{seconds:.1f} s ({args.events / seconds:,.0f} msg/s)",
+                "",
+                "",
+            )
+            for n, seconds in drains.items()
+        ]
     print(f"\nMeasured on {machine()}; {args.events:,} events, median of {args.runs} alternating runs.\n")
     print("| measure | result | target | met |\n|---|---|---|---|")
     for row in rows:

@@ -46,6 +46,11 @@ JVM_OPTIONS = (
 MIN_JAVA = 17
 
 
+def unique_name(prefix: str) -> str:
+    """A topic or group name no earlier run used, so tests and benchmarks sharing clusters never meet."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
 class SetupError(Exception):
     """A prerequisite is missing or a broker failed to start; the message is one line for the user."""
 

@@ -4,34 +4,37 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import psutil
 
-def tree_rss_mb(pid: int, field: str = "VmRSS") -> float:
-    """Sum of `field` (VmRSS now, or VmHWM: each process's own peak) over pid and its descendants, in MB.
 
-    The processor produces from a child process, so its footprint is the two together.
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of pid and its descendants now, in MB (kafka-python's output process counts too)."""
+    return sum(_each(pid, lambda process: process.memory_info().rss)) / 2**20
+
+
+def tree_peak_rss_mb(pid: int) -> float:
+    """The sum of each process's own peak resident memory, in MB.
+
+    psutil does not report the peak (VmHWM), so it is read from /proc/<pid>/status.
     """
-    return sum(_status_kb(member, field) for member in _tree(pid)) / 1024
+    return sum(_each(pid, lambda process: _status_kb(process.pid, "VmHWM") * 1024)) / 2**20
 
 
-def _tree(root: int) -> list[int]:
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+def _each(pid: int, measure) -> list[int]:
+    try:
+        root = psutil.Process(pid)
+        members = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+    values = []
+    for process in members:
         try:
-            text = stat.read_text()
-        except OSError:
+            values.append(measure(process))
+        except (psutil.NoSuchProcess, OSError):
             continue  # exited while we looked
-        # The command name is in parentheses and may hold spaces; the parent pid is the second field after it.
-        parents[int(stat.parent.name)] = int(text.rsplit(")", 1)[1].split()[1])
-    members, frontier = [root], [root]
-    while frontier:
-        frontier = [pid for pid, parent in parents.items() if parent in frontier]
-        members.extend(frontier)
-    return members
+    return values
 
 
 def _status_kb(pid: int, field: str) -> int:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0
+    status = Path(f"/proc/{pid}/status").read_text()
     return int(status.split(f"{field}:")[1].split()[0]) if f"{field}:" in status else 0

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from pathlib import Path
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
-from local_kafka.brokers import create_topics
+from local_kafka.brokers import PROJECT_DIR, create_topics, unique_name
 
 
 @dataclass(frozen=True)
@@ -30,10 +29,6 @@ class Record:
     def source(self) -> tuple[int, int]:
         """The input (partition, offset) this output or dead-letter record says it came from."""
         return int(self.headers["source.partition"]), int(self.headers["source.offset"])
-
-
-def unique(name: str) -> str:
-    return f"{name}-{uuid.uuid4().hex[:8]}"
 
 
 def partition_counts(bootstrap: str) -> dict[str, int]:
@@ -106,7 +101,6 @@ def wait_until(condition, timeout: float, interval: float = 0.2, message: str = 
         time.sleep(interval)
 
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
 TEST_PII_KEY = "integration-test-key-0123456789"
 
 
@@ -121,7 +115,12 @@ class Topics:
 
     @classmethod
     def create(cls, kafka, partitions: int = 3) -> Topics:
-        topics = cls(unique("user-login"), unique("processed-logins"), unique("user-login-dlq"), unique("group"))
+        topics = cls(
+            unique_name("user-login"),
+            unique_name("processed-logins"),
+            unique_name("user-login-dlq"),
+            unique_name("group"),
+        )
         create_topics(kafka.input.bootstrap, partitions, topics.input)
         create_topics(kafka.output.bootstrap, partitions, topics.output, topics.dlq)
         return topics

@@ -3,15 +3,14 @@
 import json
 import re
 from importlib import resources
-from pathlib import Path
 
 import jsonschema
 import pytest
 import yaml
 
+from local_kafka.brokers import PROJECT_DIR
 from login_pipeline.config import SETTINGS
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((PROJECT_DIR / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 CP_TAG = re.compile(r"^7\.\d+\.\d+$")

@@ -24,7 +24,7 @@ from local_kafka import brokers
 from local_kafka.brokers import create_topics
 from local_kafka.generator import FeedProfile, generate
 from local_kafka.generator import produce as produce_events
-from local_kafka.memory import tree_rss_mb
+from local_kafka.memory import tree_peak_rss_mb
 from login_pipeline.runner import IN_FLIGHT_BATCHES
 from tests.kafka_helpers import (
     Processor,
@@ -33,7 +33,7 @@ from tests.kafka_helpers import (
     committed_offsets,
     delivery,
     produce,
-    unique,
+    unique_name,
     wait_until,
 )
 
@@ -247,7 +247,7 @@ def test_a_200k_backlog_drains_with_bounded_memory(kafka, engine, tmp_path):
         started = time.monotonic()
         wait_until(lambda: caught_up(kafka, topics), timeout=300, interval=1.0, message="backlog drained")
         drained_in = time.monotonic() - started
-        peak_rss_mb = tree_rss_mb(processor.process.pid, "VmHWM")
+        peak_rss_mb = tree_peak_rss_mb(processor.process.pid)
         assert processor.stop() == 0
     landed_count = sum(1 for _ in delivery(kafka, topics).landed)
     report(
@@ -295,7 +295,7 @@ def test_a_dead_output_process_stops_the_processor_with_exit_1_and_loses_nothing
 def test_an_output_topic_that_refuses_large_records_gets_the_rest_and_the_dlq_the_refused(kafka, engine, tmp_path):
     # An output topic that takes at most 1,000 bytes a batch: ordinary logins fit one by one (the
     # producer splits its batches when refused), logins with long fields never do.
-    topics = dataclasses.replace(Topics.create(kafka), output=unique("small-output"))
+    topics = dataclasses.replace(Topics.create(kafka), output=unique_name("small-output"))
     create_topics(kafka.output.bootstrap, 3, topics.output, configs={"max.message.bytes": "1000"})
     long_fields = {"user_id": "u" * 250, "app_version": "9." * 32, "device_type": "t" * 64, "device_id": "d" * 256}
     values = []

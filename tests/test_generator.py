@@ -9,7 +9,7 @@ from dataclasses import fields
 import pytest
 
 from local_kafka.generator import US_STATES, FeedProfile, generate, main, produce
-from tests.kafka_helpers import create_topics, read_all, unique
+from tests.kafka_helpers import create_topics, read_all, unique_name
 
 FIXED_CLOCK = lambda: 1720576825  # noqa: E731 - a stream is reproducible only with a fixed clock
 
@@ -90,7 +90,7 @@ def test_every_profile_rate_has_a_cli_flag(capsys):
 
 
 def test_produce_sends_every_event_to_kafka(kafka):
-    topic = unique("generated")
+    topic = unique_name("generated")
     create_topics(kafka.input.bootstrap, 3, topic)
     events = generate(3, FeedProfile(), FIXED_CLOCK)
     assert produce(kafka.input.bootstrap, topic, events, count=500, rate=0) == 500

@@ -38,6 +38,7 @@ from kafka.errors import (
     RecordListTooLargeError,
 )
 
+from login_pipeline import logs
 from login_pipeline.client import BatchReport, HandOver, OutputGone, Rerouted
 from login_pipeline.results import RECORD_REJECTED, RECORD_TOO_LARGE
 from login_pipeline.routing import (
@@ -177,8 +178,7 @@ def _serve(
 ) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("kafka").setLevel(logging.WARNING)
+    logs.configure()
     try:
         producer = KafkaProducer(**settings)
     except Exception as error:  # reported to the parent, which stops with it
