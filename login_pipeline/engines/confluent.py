@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from functools import partial
 from typing import Any, Optional, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -41,6 +40,7 @@ from login_pipeline.routing import (
     fits,
     partition_headers,
     refused_dead_letter,
+    source_headers,
 )
 
 log = logging.getLogger(__name__)
@@ -191,7 +191,14 @@ class ConfluentInput:
 
     def poll(self, timeout_s: float) -> list[Polled]:
         try:
-            messages = self._consumer.consume(num_messages=self._batch_size, timeout=timeout_s)
+            # What is already fetched, at once; else wait for the first record only. consume() with a
+            # timeout would wait for a whole batch: measured 286 ms p50 latency at 1,000 msg/s.
+            messages = self._consumer.consume(num_messages=self._batch_size, timeout=0)
+            if not messages:
+                first = self._consumer.poll(timeout_s)
+                if first is None:
+                    return []
+                messages = [first, *self._consumer.consume(num_messages=self._batch_size - 1, timeout=0)]
         except KafkaException as raised:
             raise self._classify(raised.args[0]) from None
         polled: dict[tuple[str, int], Polled] = {}
@@ -288,14 +295,46 @@ def _confluent_offsets(offsets: dict[Partition, int]) -> list[TopicPartition]:
 
 
 class _Batch:
-    """One batch's records: how many still await a delivery report, and what went wrong or was rerouted."""
+    """One batch's records: how many still await a delivery report, and what went wrong or was rerouted.
 
-    __slots__ = ("pending", "failure", "rerouted")
+    Its bound methods are the delivery callbacks: one per batch, not a closure per record, on the
+    per-record hot path. A failed record is found again from its source headers (failures are rare).
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("pending", "failure", "rerouted", "handovers", "_on_failed")
+
+    def __init__(self, on_failed) -> None:
         self.pending = 0
         self.failure: Optional[str] = None
         self.rerouted: list[Rerouted] = []
+        self.handovers: list[HandOver] = []
+        self._on_failed = on_failed
+
+    def delivered(self, error: Optional[KafkaError], message) -> None:
+        self.pending -= 1
+        if error is not None:
+            self._on_failed(self, error, message)
+
+    def refused_form_delivered(self, error: Optional[KafkaError], _message) -> None:
+        self.pending -= 1
+        if error is not None:
+            self.failure = self.failure or f"the dead-letter copy of a refused record failed: {error.name()}"
+
+    def find(self, topic: str, partition: int, offset: int) -> tuple[int, tuple]:
+        """(position in the batch, (key, value, rejection, source headers)) of a record handed over."""
+        position = 0
+        for records in self.handovers:
+            if records.topic == topic and records.partition == partition and offset in records.offsets:
+                index = records.offsets.index(offset)
+                source = source_headers(topic, partition, offset)
+                return position + index, (
+                    records.keys[index],
+                    records.values[index],
+                    records.rejections.get(index),
+                    source,
+                )
+            position += len(records.offsets)
+        raise LookupError(f"{topic}:{partition} offset {offset} is not in the batch")
 
 
 class ConfluentOutput:
@@ -315,7 +354,7 @@ class ConfluentOutput:
         self._output_topic = output_topic
         self._dlq_topic = dlq_topic
         self._timeout_s = timeout_s
-        self._batch = _Batch()
+        self._batch = _Batch(self._failed)
         self._positions = 0  # records handed over in the open batch
         self._closed: deque[_Batch] = deque()
         self._fatal: Optional[str] = None
@@ -331,7 +370,9 @@ class ConfluentOutput:
         prefix = partition_headers(records.topic, records.partition)
         rejections = records.rejections
         batch, limits = self._batch, self.size_limits
+        batch.handovers.append(records)
         output_limit = limits[self._output_topic]
+        delivered = batch.delivered
         for index, (offset, key, value) in enumerate(zip(records.offsets, records.keys, records.values)):
             source = [*prefix, (SOURCE_OFFSET, str(offset).encode())]
             rejection = rejections.get(index) if rejections else None
@@ -345,14 +386,7 @@ class ConfluentOutput:
             if not fits(limit, out_key, cast(bytes, out_value), headers):  # a login's value is never null
                 self._reroute(batch, position, (key, value, rejection, source), RECORD_TOO_LARGE, "MSG_SIZE_TOO_LARGE")
                 continue
-            self._produce(
-                batch,
-                topic,
-                out_key,
-                out_value,
-                headers,
-                partial(self._delivered, batch, position, (key, value, rejection, source)),
-            )
+            self._produce(batch, topic, out_key, out_value, headers, delivered)
         self._producer.poll(0)  # serve delivery reports as they come, so the queue never fills with them
 
     def _produce(self, batch: _Batch, topic: str, key, value, headers, on_delivery) -> None:
@@ -368,33 +402,33 @@ class ConfluentOutput:
                 batch.failure = batch.failure or f"producing failed: {error.args[0].name()}"
                 return
 
-    def _delivered(self, batch: _Batch, position: int, record: tuple, error: Optional[KafkaError], _message) -> None:
-        batch.pending -= 1
-        if error is None:
-            return
+    def _failed(self, batch: _Batch, error: KafkaError, message) -> None:
+        """A record's delivery failed: reroute it if refused for what it is, else fail its batch."""
         code = error.code()
-        if code in _REFUSED_FOR_SIZE or code in _REFUSED_AS_INVALID:
-            reason = RECORD_TOO_LARGE if code in _REFUSED_FOR_SIZE else RECORD_REJECTED
-            self._reroute(batch, position, record, reason, error.name())
-        else:
+        if code not in _REFUSED_FOR_SIZE and code not in _REFUSED_AS_INVALID:
             batch.failure = batch.failure or f"a record was not acknowledged: {error.name()}: {error.str()[:200]}"
+            return
+        try:
+            source = dict(message.headers())
+            position, record = batch.find(
+                source["source.topic"].decode(), int(source["source.partition"]), int(source[SOURCE_OFFSET])
+            )
+        except (LookupError, ValueError, TypeError) as unexpected:  # cannot happen for our own records
+            batch.failure = batch.failure or f"rerouting a refused record failed: {type(unexpected).__name__}"
+            return
+        reason = RECORD_TOO_LARGE if code in _REFUSED_FOR_SIZE else RECORD_REJECTED
+        self._reroute(batch, position, record, reason, error.name())
 
     def _reroute(self, batch: _Batch, position: int, record: tuple, reason: str, error_name: str) -> None:
         """Send the dead-letter form of a record refused for what it is; a refusal of that form fails the batch."""
         key, value, rejection, source = record
         out_key, out_value, headers = refused_dead_letter(key, value, rejection, source, reason, error_name)
         batch.rerouted.append(Rerouted(position, reason))
-        self._produce(batch, self._dlq_topic, out_key, out_value, headers, partial(self._refused_form_delivered, batch))
-
-    @staticmethod
-    def _refused_form_delivered(batch: _Batch, error: Optional[KafkaError], _message) -> None:
-        batch.pending -= 1
-        if error is not None:
-            batch.failure = batch.failure or f"the dead-letter copy of a refused record failed: {error.name()}"
+        self._produce(batch, self._dlq_topic, out_key, out_value, headers, batch.refused_form_delivered)
 
     def end_batch(self) -> None:
         self._closed.append(self._batch)
-        self._batch, self._positions = _Batch(), 0
+        self._batch, self._positions = _Batch(self._failed), 0
         if self._fatal is not None:
             self._replace_producer()
 
