@@ -9,8 +9,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin processor
 WORKDIR /app
 
-COPY requirements.txt .
-RUN pip install -r requirements.txt
+# Both engines: KAFKA_CLIENT=confluent-kafka picks librdkafka (its wheel bundles it; no system packages).
+COPY requirements.txt requirements-confluent.txt ./
+RUN pip install -r requirements-confluent.txt
 
 COPY kafka_consumer_processor.py .
 COPY login_pipeline/ login_pipeline/

@@ -94,6 +94,29 @@ def test_a_failed_delivery_is_retried_from_its_first_offset_and_nothing_past_it_
     assert source.committed == {Partition("user-login", 0): 12}
 
 
+def test_a_batch_never_acknowledged_is_never_committed_not_even_at_stop():
+    output = FakeOutput(fail_batches=set(range(1, 1000)))  # the first batch gets through, then none
+    source = FakeInput(output, {0: records(0, 12)}, batch_size=3)
+    stop = InstantStop()
+    tested = pipeline(source, output, stop)
+    stop_after_polls(source, stop, 12)
+    assert tested.run() == 1  # stopped with an undelivered batch
+    assert_commits_follow_acknowledgements(source)
+    assert source.committed == {Partition("user-login", 0): 3}
+
+
+def stop_after_polls(source: FakeInput, stop: StopRequest, polls: int) -> None:
+    original = source.poll
+
+    def poll(timeout_s: float):
+        if source.polls + 1 >= polls:
+            stop.request()
+        return original(timeout_s)
+
+    source.stop_when_drained = None
+    source.poll = poll
+
+
 def test_batches_in_flight_behind_a_failed_one_are_abandoned_and_resent_after_it():
     output = FakeOutput(fail_batches={0})
     source = FakeInput(output, {0: records(0, 9)}, batch_size=3)
@@ -119,17 +142,8 @@ def test_a_failed_final_commit_exits_1():
     source = FakeInput(output, {0: records(0, 5)}, batch_size=10)
     stop = InstantStop()
     tested = pipeline(source, output, stop)
-    source.stop_when_drained = None
+    stop_after_polls(source, stop, 3)
     source.fail_commits = 100  # every commit fails from now on
-    original_poll = source.poll
-
-    def poll_then_stop(timeout_s):
-        polled = original_poll(timeout_s)
-        if not polled:
-            stop.request()
-        return polled
-
-    source.poll = poll_then_stop
     assert tested.run() == 1
     assert not [commit for commit in source.commits if not commit.waited]  # the background ones all failed
     assert_commits_follow_acknowledgements(source)
