@@ -294,7 +294,7 @@ def machine() -> str:
     memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return (
         f"{os.cpu_count()} cores ({cpu}), {memory_gb:.0f} GB, Python {platform.python_version()}, "
-        f"kafka-python {kafka.__version__}, confluent-kafka {confluent_kafka.version()[0]} "
+        f"kafka-python {kafka.__version__}, confluent-kafka {confluent_kafka.__version__} "
         f"(librdkafka {confluent_kafka.libversion()[0]}), Quix Streams {QUIX_VERSION}, "
         "Apache Kafka (local KRaft, 1 node per cluster)"
     )
