@@ -13,21 +13,22 @@ Contract of `Pipeline.run`:
   before, so a retried record can appear twice, the second time after later ones.
 - Commits: a batch's offsets are committed only after the output cluster has acknowledged (acks=all,
   idempotent producer) every record produced from that batch and from every batch before it, as the
-  output process reports it. Nothing is auto-committed, and commits are sent without waiting for
+  Output reports it (login_pipeline.offsets keeps that bookkeeping). Nothing is auto-committed, and commits are sent without waiting for
   their answer. So a crash can repeat the uncommitted batches (the ones in flight, the one being
   processed, and one whose commit was unanswered), never skip them.
 - Pipelining: up to IN_FLIGHT_BATCHES batches stay in flight while the next is processed, so
   processing overlaps producing and the output cluster's acknowledgement.
-- Rebalances: partitions are only revoked inside poll or close; before they go, the rebalance
-  listener waits up to REVOKE_SETTLE_S (a quarter of the session timeout, so the member keeps its
+- Rebalances: partitions are only revoked inside poll or close; before they go, the revoke
+  handler waits up to REVOKE_SETTLE_S (a quarter of the session timeout, so the member keeps its
   place in the group) for the batches in flight and commits what was acknowledged. Batches not
   acknowledged by then are abandoned: never committed, so whoever owns the partitions next
   delivers them again (duplicates, never loss).
-- Output failures: a batch whose delivery fails is never committed; the consumer rewinds to the
+- Output failures: a batch whose delivery fails is never committed; the input rewinds to the
   first offsets still in flight and retries with capped exponential backoff until the output
   cluster is back.
 - Stop: the first SIGINT/SIGTERM finishes the batch in hand, waits for everything in flight,
-  commits, prints the final insights and leaves the group: exit 0 when the final commit succeeded,
+  commits every delivered position and waits for the answer, prints the final insights and leaves
+  the group: exit 0 when the final commit succeeded,
   1 (with one line) when it did not. A second one exits at once, committing nothing more.
 """
 
