@@ -13,8 +13,8 @@ Contract of `Pipeline.run`:
   before, so a retried record can appear twice, the second time after later ones.
 - Commits: a batch's offsets are committed only after the output cluster has acknowledged (acks=all,
   idempotent producer) every record produced from that batch and from every batch before it, as the
-  Output reports it (login_pipeline.offsets keeps that bookkeeping). Nothing is auto-committed, and commits are sent without waiting for
-  their answer. So a crash can repeat the uncommitted batches (the ones in flight, the one being
+  Output reports it (login_pipeline.offsets keeps that bookkeeping). Nothing is auto-committed,
+  and commits are sent without waiting for their answer. So a crash can repeat the uncommitted batches (the ones in flight, the one being
   processed, and one whose commit was unanswered), never skip them.
 - Pipelining: up to IN_FLIGHT_BATCHES batches stay in flight while the next is processed, so
   processing overlaps producing and the output cluster's acknowledgement.
