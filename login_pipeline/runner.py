@@ -14,8 +14,9 @@ Contract of `Pipeline.run`:
 - Commits: a batch's offsets are committed only after the output cluster has acknowledged (acks=all,
   idempotent producer) every record produced from that batch and from every batch before it, as the
   Output reports it (login_pipeline.offsets keeps that bookkeeping). Nothing is auto-committed,
-  and commits are sent without waiting for their answer. So a crash can repeat the uncommitted batches (the ones in flight, the one being
-  processed, and one whose commit was unanswered), never skip them.
+  and commits are sent without waiting for their answer. So a crash can repeat the uncommitted
+  batches (the ones in flight, the one being processed, and one whose commit was unanswered),
+  never skip them.
 - Pipelining: up to IN_FLIGHT_BATCHES batches stay in flight while the next is processed, so
   processing overlaps producing and the output cluster's acknowledgement.
 - Rebalances: partitions are only revoked inside poll or close; before they go, the revoke
