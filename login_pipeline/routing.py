@@ -5,11 +5,14 @@ Both engines build records with these, so the topics look the same whichever eng
 
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
 from kafka.record.default_records import DefaultRecordBatchBuilder
 
 from login_pipeline.results import Rejection
+
+log = logging.getLogger(__name__)
 
 Headers = list[tuple[str, bytes]]
 
@@ -87,3 +90,13 @@ def fits(limit: int, key: Optional[bytes], value: bytes, headers: Headers) -> bo
 def effective_limits(size_limits: dict[str, int], topics: tuple[str, ...], max_request_size: int) -> dict[str, int]:
     """Each topic's limit, never above what the producer may send in one request."""
     return {topic: min(size_limits.get(topic, max_request_size), max_request_size) for topic in topics}
+
+
+def unknown_size_limits(topics: list[str], error: Exception) -> dict[str, int]:
+    """No topic limits could be read (not allowed to describe them): the producer's own limit applies."""
+    log.warning(
+        "cannot read max.message.bytes of %s (%s); assuming the producer's limit",
+        ", ".join(topics),
+        type(error).__name__,
+    )
+    return {}

@@ -41,6 +41,7 @@ from login_pipeline.routing import (
     partition_headers,
     refused_dead_letter,
     source_headers,
+    unknown_size_limits,
 )
 
 log = logging.getLogger(__name__)
@@ -158,13 +159,8 @@ def check_topics(name: str, servers: tuple[str, ...], security: dict, topics: li
             resource.name: int(future.result(timeout=STARTUP_TIMEOUT_S)["max.message.bytes"].value)
             for resource, future in futures.items()
         }
-    except Exception as error:  # not allowed to describe: the producer's own limit applies
-        log.warning(
-            "cannot read max.message.bytes of %s (%s); assuming the producer's limit",
-            ", ".join(topics),
-            type(error).__name__,
-        )
-        return {}
+    except Exception as error:
+        return unknown_size_limits(topics, error)
 
 
 def _silent() -> logging.Logger:

@@ -27,6 +27,7 @@ from login_pipeline.client import (
 )
 from login_pipeline.config import Config
 from login_pipeline.engines.kafka_python_output import OutputProcess
+from login_pipeline.routing import unknown_size_limits
 
 log = logging.getLogger(__name__)
 
@@ -254,10 +255,5 @@ def _size_limits(admin: KafkaAdminClient, topics: list[str]) -> dict[str, int]:
             for topic, configs in described.get("topic", {}).items()
             if "max.message.bytes" in configs
         }
-    except KafkaError as error:  # not allowed to describe: the producer's own limit applies
-        log.warning(
-            "cannot read max.message.bytes of %s (%s); assuming the producer's limit",
-            ", ".join(topics),
-            type(error).__name__,
-        )
-        return {}
+    except KafkaError as error:
+        return unknown_size_limits(topics, error)

@@ -230,7 +230,6 @@ class _Router:
         self._output_topic = output_topic
         self._dlq_topic = dlq_topic
         self._size_limits = size_limits
-        self._output_limit = size_limits[output_topic]
         self._partitions = 0
         self.refresh_partitions()
 
@@ -274,7 +273,7 @@ class _Router:
     def _send(self, topic: str, key, value, headers: list, partition):
         # A record the topic cannot hold is refused here, not by the broker: kafka-python's idempotent
         # producer treats a broker's refusal of a one-record batch as fatal and fails every later send.
-        limit = self._output_limit if topic is self._output_topic else self._size_limits[topic]
+        limit = self._size_limits[topic]
         if not fits(limit, key, value, headers):
             return _Refused(MessageSizeTooLargeError(f"over the {limit:,} bytes that {topic} takes"))
         try:
