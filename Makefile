@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 GENERATE_ARGS ?= --rate 50
 
-.PHONY: run test test-fast lint bench kafka-up kafka-down generate clean setup
+.PHONY: run test test-fast lint bench kafka-up kafka-up-secure kafka-down generate clean setup
 
 run: setup
 	$(PY) -m local_kafka demo
@@ -30,6 +30,10 @@ bench: setup
 
 kafka-up: setup
 	$(PY) -m local_kafka up
+
+# TLS, SCRAM users and ACLs; certificates and passwords are generated into .local/kafka/tls on first use.
+kafka-up-secure: setup
+	$(PY) -m local_kafka up --secure
 
 kafka-down: $(INSTALLED)
 	$(PY) -m local_kafka down

@@ -107,12 +107,12 @@ class Bench:
 
     def fresh_outputs(self, partitions: int = 1) -> tuple[str, str, str]:
         output, dlq = unique_name("bench-out"), unique_name("bench-dlq")
-        create_topics(self.pair.output.bootstrap, partitions, output, dlq)
+        create_topics(self.pair.output, partitions, output, dlq)
         return output, dlq, unique_name("bench-group")
 
     def preload(self, count: int, partitions: int, profile: FeedProfile) -> str:
         topic = unique_name("bench-in")
-        create_topics(self.pair.input.bootstrap, partitions, topic)
+        create_topics(self.pair.input, partitions, topic)
         fill(self.pair.input.bootstrap, topic, seed=1, profile=profile, count=count, workers=os.cpu_count() or 1)
         return topic
 
@@ -201,7 +201,7 @@ def throughput(bench: Bench, events: int, runs: int, naive_events: int) -> dict[
 
 def latency(bench: Bench, engine: str, rate: int, seconds: int) -> tuple[float, float]:
     topic = unique_name("bench-latency")
-    create_topics(bench.pair.input.bootstrap, 1, topic, configs={"message.timestamp.type": "LogAppendTime"})
+    create_topics(bench.pair.input, 1, topic, configs={"message.timestamp.type": "LogAppendTime"})
     output, dlq, group = bench.fresh_outputs()
     received: dict[int, float] = {}
     reader = KafkaConsumer(bootstrap_servers=bench.pair.output.bootstrap, fetch_max_wait_ms=100)

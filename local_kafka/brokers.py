@@ -20,9 +20,23 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kafka import KafkaAdminClient
+from kafka.admin import ACL, ACLPermissionType, ACLResourcePatternType, ResourcePattern, ResourceType
+from kafka.admin import ACLOperation as Operation
 from kafka.errors import KafkaConfigurationError, KafkaError
+
+from local_kafka.secure import (
+    ADMIN,
+    PROCESSOR,
+    READER_ONLY,
+    Grant,
+    Security,
+    processor_grants,
+    producer_grants,
+    reader_grants,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +78,20 @@ class Cluster:
     controller_port: int
     data_dir: Path
     topics: dict[str, int] = field(default_factory=dict)
+    security: Security | None = None  # None: PLAINTEXT, open to all
+    grants: tuple[Grant, ...] = ()  # ACLs the launcher creates with the topics
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    def client_settings(self, user: str = ADMIN) -> dict[str, Any]:
+        """kafka-python settings that reach this cluster as `user` (the super user by default)."""
+        return {"bootstrap_servers": self.bootstrap, **self.security_settings(user)}
+
+    def security_settings(self, user: str = ADMIN) -> dict[str, Any]:
+        """kafka-python's security settings for `user`; none for a PLAINTEXT cluster."""
+        return self.security.client_settings(user) if self.security else {}
 
     @property
     def pid_file(self) -> Path:
@@ -113,6 +137,8 @@ class Cluster:
             "log.retention.hours": "24",
             "log.segment.bytes": str(64 * 1024 * 1024),
         }
+        if self.security is not None:
+            settings.update(self.security.broker_settings(self.port, self.controller_port))
         return "".join(f"{key}={value}\n" for key, value in settings.items())
 
 
@@ -128,20 +154,40 @@ class Pair:
         return (self.input, self.output)
 
 
+INPUT_TOPIC, OUTPUT_TOPIC, DLQ_TOPIC, GROUP = "user-login", "processed-logins", "user-login-dlq", "login-processor"
+SECURE_DIR = DATA_DIR / "tls"
+
+
 def default_clusters(data_dir: Path = DATA_DIR) -> tuple[Cluster, Cluster]:
     """The input and output clusters at the addresses the Docker Compose setup exposes too."""
-    return (
-        Cluster("input", 29092, 29192, data_dir / "input", {"user-login": 3}),
-        Cluster("output", 29093, 29193, data_dir / "output", {"processed-logins": 3, "user-login-dlq": 3}),
-    )
+    return _pair((29092, 29192), (29093, 29193), data_dir)
 
 
-def ephemeral_clusters(data_dir: Path) -> tuple[Cluster, Cluster]:
+def secure_clusters(data_dir: Path = DATA_DIR) -> tuple[Cluster, Cluster]:
+    """The secured input and output clusters (`up --secure`), with the processor's and reader-only's ACLs."""
+    return _pair((29094, 29194), (29095, 29195), data_dir / "secure", Security(data_dir / "tls"))
+
+
+def ephemeral_clusters(data_dir: Path, security: Security | None = None) -> tuple[Cluster, Cluster]:
     """An input and an output cluster on free ports, for tests."""
-    input_ports, output_ports = free_ports(2), free_ports(2)
+    return _pair(tuple(free_ports(2)), tuple(free_ports(2)), data_dir, security)
+
+
+def _pair(
+    input_ports: tuple[int, ...], output_ports: tuple[int, ...], data_dir: Path, security: Security | None = None
+) -> tuple[Cluster, Cluster]:
+    input_grants: tuple[Grant, ...] = ()
+    output_grants: tuple[Grant, ...] = ()
+    if security is not None:
+        input_grants = processor_grants(PROCESSOR, INPUT_TOPIC, GROUP) + reader_grants(
+            READER_ONLY, INPUT_TOPIC, group=GROUP
+        )
+        output_grants = producer_grants(PROCESSOR, OUTPUT_TOPIC, DLQ_TOPIC) + reader_grants(
+            READER_ONLY, OUTPUT_TOPIC, DLQ_TOPIC
+        )
     return (
-        Cluster("input", *input_ports, data_dir / "input", {"user-login": 3}),
-        Cluster("output", *output_ports, data_dir / "output", {"processed-logins": 3, "user-login-dlq": 3}),
+        Cluster("input", *input_ports, data_dir / "input", {INPUT_TOPIC: 3}, security, input_grants),
+        Cluster("output", *output_ports, data_dir / "output", {OUTPUT_TOPIC: 3, DLQ_TOPIC: 3}, security, output_grants),
     )
 
 
@@ -245,10 +291,15 @@ def start(cluster: Cluster, java: str, classpath: str) -> bool:
     if running_pid(cluster) is not None:
         return False
     cluster.data_dir.mkdir(parents=True, exist_ok=True)
+    if cluster.security is not None:
+        cluster.security.ensure()
+    # Owner-only: a secured cluster's configuration holds its keystore and admin passwords.
+    cluster.config_file.touch(mode=0o600)
     cluster.config_file.write_text(cluster.server_properties())
     command = [java, *JVM_OPTIONS, "-cp", classpath]
     if not (cluster.log_dirs / "meta.properties").exists():
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        users = cluster.security.format_arguments() if cluster.security else []
         result = subprocess.run(
             # --cluster-id=ID, not "-t ID": a random id may start with "-" and read as an option.
             [
@@ -258,13 +309,18 @@ def start(cluster: Cluster, java: str, classpath: str) -> bool:
                 f"--cluster-id={cluster_id}",
                 "-c",
                 str(cluster.config_file),
+                *users,
             ],
             capture_output=True,
             text=True,
             timeout=120,
         )
         if result.returncode != 0:
-            raise SetupError(f"formatting the {cluster.name} cluster failed: {result.stderr.strip()[-300:]}")
+            error = result.stderr.strip()[-300:]
+            raise SetupError(
+                f"formatting the {cluster.name} cluster failed: "
+                f"{cluster.security.redact(error) if cluster.security else error}"
+            )
     with cluster.log_file.open("ab") as log_output:
         process = subprocess.Popen(
             [*command, "kafka.Kafka", str(cluster.config_file)],
@@ -289,7 +345,7 @@ def wait_ready(cluster: Cluster, timeout: float = 120.0) -> None:
         if running_pid(cluster) is None:
             raise SetupError(f"the {cluster.name} broker exited during start-up: see {cluster.log_file}")
         try:
-            with _admin(cluster.bootstrap, timeout_ms=2000) as admin:
+            with _admin(cluster, timeout_ms=2000) as admin:
                 admin.list_topics()
             return
         except KafkaConfigurationError:
@@ -300,17 +356,19 @@ def wait_ready(cluster: Cluster, timeout: float = 120.0) -> None:
 
 
 def ensure_topics(cluster: Cluster) -> None:
-    """Create the cluster's topics that do not exist yet; existing ones are left as they are."""
-    with _admin(cluster.bootstrap, timeout_ms=10000) as admin:
+    """Create the cluster's topics that do not exist yet (existing ones are left as they are), and its ACLs."""
+    with _admin(cluster, timeout_ms=10000) as admin:
         existing = set(admin.list_topics())
     for name, partitions in cluster.topics.items():
         if name not in existing:
-            create_topics(cluster.bootstrap, partitions, name)
+            create_topics(cluster, partitions, name)
+    if cluster.grants:
+        grant(cluster, *cluster.grants)
 
 
-def create_topics(bootstrap: str, partitions: int, *names: str, configs: dict[str, str] | None = None) -> None:
+def create_topics(cluster: Cluster, partitions: int, *names: str, configs: dict[str, str] | None = None) -> None:
     """Create single-replica topics and wait until every partition has a leader."""
-    with _admin(bootstrap, timeout_ms=30000) as admin:
+    with _admin(cluster, timeout_ms=30000) as admin:
         admin.create_topics(
             {name: {"num_partitions": partitions, "replication_factor": 1, "configs": configs or {}} for name in names},
             timeout_ms=30000,
@@ -336,9 +394,27 @@ def stop(cluster: Cluster, timeout: float = 60.0) -> bool:
     return True
 
 
-def _admin(bootstrap: str, timeout_ms: int) -> KafkaAdminClient:
+def grant(cluster: Cluster, *grants: Grant) -> None:
+    """Create ACLs (creating one that exists changes nothing)."""
+    acls = [
+        ACL(
+            principal=f"User:{g.user}",
+            host="*",
+            operation=Operation[g.operation],
+            permission_type=ACLPermissionType.ALLOW,
+            resource_pattern=ResourcePattern(ResourceType[g.resource.upper()], g.name, ACLResourcePatternType.LITERAL),
+        )
+        for g in grants
+    ]
+    with _admin(cluster, timeout_ms=30000) as admin:
+        result = admin.create_acls(acls)
+    if result["failed"]:
+        raise SetupError(f"creating ACLs on the {cluster.name} cluster failed: {result['failed'][0].__name__}")
+
+
+def _admin(cluster: Cluster, timeout_ms: int) -> KafkaAdminClient:
     return KafkaAdminClient(
-        bootstrap_servers=bootstrap,
+        **cluster.client_settings(),
         request_timeout_ms=timeout_ms,
         bootstrap_timeout_ms=timeout_ms,
         client_id="local-kafka",

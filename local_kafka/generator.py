@@ -27,9 +27,11 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
-from typing import Callable
+from typing import Any, Callable
 
 from kafka import KafkaProducer
+
+from local_kafka import brokers
 
 US_STATES = (
     "AL AK AZ AR CA CO CT DE FL GA HI ID IL IN IA KS KY LA ME MD MA MI MN MS MO MT NE NV NH NJ "
@@ -143,10 +145,14 @@ def produce(
     count: int | None,
     rate: float,
     should_stop: Callable[[], bool] = lambda: False,
+    security: dict[str, Any] | None = None,
 ) -> int:
-    """Send events (rate 0: as fast as the producer goes); returns how many were acknowledged."""
+    """Send events (rate 0: as fast as the producer goes); returns how many were acknowledged.
+
+    `security`: kafka-python's settings for a secured cluster (see local_kafka.secure)."""
     producer = KafkaProducer(
         bootstrap_servers=bootstrap_servers,
+        **(security or {}),
         client_id="login-event-generator",
         # Large, lingering batches: a backlog of a million events fills in seconds, not minutes.
         linger_ms=20,
@@ -170,12 +176,20 @@ def produce(
     return sent
 
 
-def _fill_slice(job: tuple[str, str, int, FeedProfile, int]) -> int:
-    bootstrap_servers, topic, seed, profile, count = job
-    return produce(bootstrap_servers, topic, generate(seed, profile), count, rate=0)
+def _fill_slice(job: tuple[str, str, int, FeedProfile, int, dict[str, Any] | None]) -> int:
+    bootstrap_servers, topic, seed, profile, count, security = job
+    return produce(bootstrap_servers, topic, generate(seed, profile), count, rate=0, security=security)
 
 
-def fill(bootstrap_servers: str, topic: str, seed: int, profile: FeedProfile, count: int, workers: int) -> int:
+def fill(
+    bootstrap_servers: str,
+    topic: str,
+    seed: int,
+    profile: FeedProfile,
+    count: int,
+    workers: int,
+    security: dict[str, Any] | None = None,
+) -> int:
     """Send count events as fast as possible from several processes; returns how many were acknowledged.
 
     kafka-python spends about 40 us of one core on each send, so one process tops out near 25,000
@@ -183,7 +197,7 @@ def fill(bootstrap_servers: str, topic: str, seed: int, profile: FeedProfile, co
     uses seed + i, so the same seed still gives the same events (interleaved differently).
     """
     shares = [count // workers + (1 if i < count % workers else 0) for i in range(workers)]
-    jobs = [(bootstrap_servers, topic, seed + i, profile, share) for i, share in enumerate(shares)]
+    jobs = [(bootstrap_servers, topic, seed + i, profile, share, security) for i, share in enumerate(shares)]
     with multiprocessing.get_context("fork").Pool(workers) as pool:
         return sum(pool.map(_fill_slice, jobs))
 
@@ -194,7 +208,14 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--bootstrap-servers", default="127.0.0.1:29092", help="input cluster (default %(default)s)")
+    parser.add_argument(
+        "--bootstrap-servers",
+        default=None,
+        help="input cluster (default 127.0.0.1:29092, with --secure 127.0.0.1:29094)",
+    )
+    parser.add_argument(
+        "--secure", action="store_true", help="write to the secured input cluster (`up --secure`) as its admin user"
+    )
     parser.add_argument("--topic", default="user-login", help="topic to fill (default %(default)s)")
     parser.add_argument(
         "--rate", type=float, default=50.0, help="events per second; 0 for as fast as possible (default %(default)s)"
@@ -226,16 +247,23 @@ def main(argv: list[str] | None = None) -> int:
         profile, **{f.name: getattr(args, f.name) for f in fields(FeedProfile) if getattr(args, f.name) is not None}
     )
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
+    security = None
+    if args.secure:
+        secure_input = brokers.secure_clusters()[0]
+        security = {k: v for k, v in secure_input.client_settings().items() if k != "bootstrap_servers"}
+    bootstrap = args.bootstrap_servers or (
+        secure_input.bootstrap if args.secure else brokers.default_clusters()[0].bootstrap
+    )
 
     began = time.monotonic()
     if args.rate == 0 and args.count is not None and args.workers > 1:
-        sent = fill(args.bootstrap_servers, args.topic, seed, profile, args.count, args.workers)
+        sent = fill(bootstrap, args.topic, seed, profile, args.count, args.workers, security)
     else:
         stopping = []
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: stopping.append(True))
         sent = produce(
-            args.bootstrap_servers, args.topic, generate(seed, profile), args.count, args.rate, lambda: bool(stopping)
+            bootstrap, args.topic, generate(seed, profile), args.count, args.rate, lambda: bool(stopping), security
         )
     elapsed = time.monotonic() - began
     print(

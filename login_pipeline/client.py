@@ -65,6 +65,8 @@ class Rerouted(NamedTuple):
 class BatchReport(NamedTuple):
     failure: Optional[str]  # None: every record of the batch was acknowledged
     rerouted: tuple[Rerouted, ...] = ()
+    # The output cluster refused us, not the record (authorization, authentication): no retry can succeed.
+    refused: bool = False
 
 
 # Called before partitions are revoked, with them; returns the offsets (next to read) to commit first.
@@ -132,7 +134,8 @@ class Output(Protocol):
     - Every record is routed: a dead letter with a null value goes with an empty value and the
       header dlq.null_value=true; a record the cluster refuses for what it is (too large, invalid)
       goes to the dead-letter topic without its value and is listed in the report as rerouted;
-      transient failures fail the batch, for the run loop to retry.
+      transient failures fail the batch, for the run loop to retry; a refusal of the pipeline
+      itself (a missing ACL, a rejected password) fails it as `refused`, and the run loop stops.
     - `close()` stops producing; what was not acknowledged is not reported.
     OutputGone from any call means the output can no longer be used.
     """

@@ -26,7 +26,8 @@ Contract of `Pipeline.run`:
   delivers them again (duplicates, never loss).
 - Output failures: a batch whose delivery fails is never committed; the input rewinds to the
   first offsets still in flight and retries with capped exponential backoff until the output
-  cluster is back.
+  cluster is back. A batch the output cluster refuses to take from us (a missing ACL) stops the
+  run at once, exit 1, nothing committed past the last acknowledged batch.
 - Stop: the first SIGINT/SIGTERM finishes the batch in hand, waits for everything in flight,
   commits every delivered position and waits for the answer, prints the final insights and leaves
   the group: exit 0 when the final commit succeeded,
@@ -292,6 +293,9 @@ class Pipeline:
             batch = offsets.oldest()
             if batch.abandoned:
                 continue
+            if report.refused:
+                # Retrying cannot help, and going on would commit nothing anyway: stop, with one line.
+                raise OutputGone(f"the output cluster refused to take the batch ({report.failure})")
             if report.failure:
                 log.error("the output cluster did not acknowledge the batch: %s", report.failure)
                 assigned = self._input.assignment()

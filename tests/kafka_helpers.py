@@ -14,7 +14,7 @@ from pathlib import Path
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
-from local_kafka.brokers import PROJECT_DIR, create_topics, unique_name
+from local_kafka.brokers import PROJECT_DIR, Cluster, create_topics, unique_name
 
 
 @dataclass(frozen=True)
@@ -31,15 +31,15 @@ class Record:
         return int(self.headers["source.partition"]), int(self.headers["source.offset"])
 
 
-def partition_counts(bootstrap: str) -> dict[str, int]:
-    with KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30000) as admin:
+def partition_counts(cluster: Cluster) -> dict[str, int]:
+    with KafkaAdminClient(**cluster.client_settings(), request_timeout_ms=30000) as admin:
         return {topic["name"]: len(topic["partitions"]) for topic in admin.describe_topics()}
 
 
 def produce(
-    bootstrap: str, topic: str, values: Iterable[bytes], partition: int | None = None, key: bytes | None = None
+    cluster: Cluster, topic: str, values: Iterable[bytes], partition: int | None = None, key: bytes | None = None
 ) -> int:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    producer = KafkaProducer(**cluster.client_settings(), linger_ms=5)
     try:
         count = 0
         for value in values:
@@ -51,8 +51,8 @@ def produce(
         producer.close(timeout=10)
 
 
-def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+def end_offsets(cluster: Cluster, topic: str) -> dict[int, int]:
+    consumer = KafkaConsumer(**cluster.client_settings(), enable_auto_commit=False)
     try:
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         return {tp.partition: offset for tp, offset in consumer.end_offsets(partitions).items()}
@@ -60,8 +60,8 @@ def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
         consumer.close()
 
 
-def committed_offsets(bootstrap: str, topic: str, group: str) -> dict[int, int | None]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+def committed_offsets(cluster: Cluster, topic: str, group: str) -> dict[int, int | None]:
+    consumer = KafkaConsumer(**cluster.client_settings(), group_id=group, enable_auto_commit=False)
     try:
         partitions = sorted(consumer.partitions_for_topic(topic) or ())
         return {p: consumer.committed(TopicPartition(topic, p)) for p in partitions}
@@ -69,9 +69,9 @@ def committed_offsets(bootstrap: str, topic: str, group: str) -> dict[int, int |
         consumer.close()
 
 
-def read_all(bootstrap: str, topic: str, timeout: float = 60.0) -> list[Record]:
+def read_all(cluster: Cluster, topic: str, timeout: float = 60.0) -> list[Record]:
     """Every record now in the topic, from the beginning up to the end offsets taken at the start."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, max_poll_records=5000)
+    consumer = KafkaConsumer(**cluster.client_settings(), enable_auto_commit=False, max_poll_records=5000)
     try:
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         ends = consumer.end_offsets(partitions)
@@ -121,8 +121,8 @@ class Topics:
             unique_name("user-login-dlq"),
             unique_name("group"),
         )
-        create_topics(kafka.input.bootstrap, partitions, topics.input)
-        create_topics(kafka.output.bootstrap, partitions, topics.output, topics.dlq)
+        create_topics(kafka.input, partitions, topics.input)
+        create_topics(kafka.output, partitions, topics.output, topics.dlq)
         return topics
 
 
@@ -132,8 +132,8 @@ class Processor:
     def __init__(self, kafka, topics: Topics, workdir: Path, engine: str = "kafka-python", **settings: str) -> None:
         self.env = {
             **os.environ,
-            "INPUT_BOOTSTRAP_SERVERS": kafka.input.bootstrap,
-            "OUTPUT_BOOTSTRAP_SERVERS": kafka.output.bootstrap,
+            "INPUT_BOOTSTRAP_SERVERS": kafka.input,
+            "OUTPUT_BOOTSTRAP_SERVERS": kafka.output,
             "INPUT_TOPIC": topics.input,
             "OUTPUT_TOPIC": topics.output,
             "DLQ_TOPIC": topics.dlq,
@@ -191,8 +191,8 @@ class Processor:
 
 def caught_up(kafka, topics: Topics) -> bool:
     """True once the group has committed every input partition up to its end offset."""
-    ends = end_offsets(kafka.input.bootstrap, topics.input)
-    committed = committed_offsets(kafka.input.bootstrap, topics.input, topics.group)
+    ends = end_offsets(kafka.input, topics.input)
+    committed = committed_offsets(kafka.input, topics.input, topics.group)
     return {partition: offset or 0 for partition, offset in committed.items()} == ends
 
 
@@ -236,7 +236,7 @@ def dead_letter_matches(source: Record, dead_letter: Record) -> bool:
 
 
 def delivery(kafka, topics: Topics) -> Delivery:
-    inputs = {(r.partition, r.offset): r for r in read_all(kafka.input.bootstrap, topics.input)}
+    inputs = {(r.partition, r.offset): r for r in read_all(kafka.input, topics.input)}
     return Delivery(
-        inputs, read_all(kafka.output.bootstrap, topics.output), read_all(kafka.output.bootstrap, topics.dlq)
+        inputs, read_all(kafka.output, topics.output), read_all(kafka.output, topics.dlq)
     )

@@ -47,7 +47,7 @@ def feed(kafka, topics: Topics, count: int, rate: float, seed: int = 1) -> threa
     """Produce `count` generator events at `rate` per second in the background."""
     thread = threading.Thread(
         target=produce_events,
-        args=(kafka.input.bootstrap, topics.input, generate(seed, FeedProfile()), count, rate),
+        args=(kafka.input, topics.input, generate(seed, FeedProfile()), count, rate),
         daemon=True,
     )
     thread.start()
@@ -67,14 +67,14 @@ def test_crash_sigkill_at_random_moments_loses_nothing(kafka, engine, tmp_path):
     while producer.is_alive() or kills < 5:
         # A fresh backlog before each start keeps the processor busy mid-batch when the kill lands,
         # however fast it caught up the last time.
-        produce_events(kafka.input.bootstrap, topics.input, generate(20 + kills, FeedProfile()), 5_000, rate=0)
+        produce_events(kafka.input, topics.input, generate(20 + kills, FeedProfile()), 5_000, rate=0)
         events += 5_000
-        before = sum(o or 0 for o in committed_offsets(kafka.input.bootstrap, topics.input, topics.group).values())
+        before = sum(o or 0 for o in committed_offsets(kafka.input, topics.input, topics.group).values())
         with processor:
             # Kill at a random moment once it is working: after its first commit in this run.
             wait_until(
                 lambda before=before: (
-                    sum(o or 0 for o in committed_offsets(kafka.input.bootstrap, topics.input, topics.group).values())
+                    sum(o or 0 for o in committed_offsets(kafka.input, topics.input, topics.group).values())
                     > before
                 ),
                 timeout=60,
@@ -106,7 +106,7 @@ def test_a_signal_mid_stream_commits_exactly_what_was_delivered(kafka, engine, t
     with processor:
         time.sleep(2.5)
         assert processor.stop(signum) == 0
-    committed = committed_offsets(kafka.input.bootstrap, topics.input, topics.group)
+    committed = committed_offsets(kafka.input, topics.input, topics.group)
     landed = delivery(kafka, topics)
     downstream = {partition: 0 for partition in committed}
     for partition, offset in landed.landed:
@@ -135,7 +135,7 @@ def test_a_cluster_outage_of_15_seconds_mid_stream_loses_nothing(kafka, engine, 
     producer = None if side == "input" else feed(kafka, topics, count=8_000, rate=400, seed=13)
     if side == "input":  # the producer cannot write to a stopped input cluster: preload instead
         produce(
-            kafka.input.bootstrap, topics.input, [e.value for e, _ in zip(generate(13, FeedProfile()), range(8_000))]
+            kafka.input, topics.input, [e.value for e, _ in zip(generate(13, FeedProfile()), range(8_000))]
         )
     processor = Processor(kafka, topics, tmp_path, engine=engine, BATCH_SIZE="200")
     with processor:
@@ -242,7 +242,7 @@ def test_poison_input_never_crashes_or_stalls_and_lands_in_the_dlq_byte_for_byte
 def test_a_200k_backlog_drains_with_bounded_memory(kafka, engine, tmp_path):
     topics = Topics.create(kafka)
     began = time.monotonic()
-    produce_events(kafka.input.bootstrap, topics.input, generate(16, FeedProfile()), 200_000, rate=0)
+    produce_events(kafka.input, topics.input, generate(16, FeedProfile()), 200_000, rate=0)
     with Processor(kafka, topics, tmp_path, engine=engine) as processor:
         started = time.monotonic()
         wait_until(lambda: caught_up(kafka, topics), timeout=300, interval=1.0, message="backlog drained")
@@ -268,7 +268,7 @@ def test_a_dead_output_process_stops_the_processor_with_exit_1_and_loses_nothing
     processor = Processor(kafka, topics, tmp_path, BATCH_SIZE=str(BATCH))  # kafka-python's output child
     with processor:
         wait_until(
-            lambda: any(committed_offsets(kafka.input.bootstrap, topics.input, topics.group).values()),
+            lambda: any(committed_offsets(kafka.input, topics.input, topics.group).values()),
             timeout=60,
             message="a first commit",
         )
@@ -296,7 +296,7 @@ def test_an_output_topic_that_refuses_large_records_gets_the_rest_and_the_dlq_th
     # An output topic that takes at most 1,000 bytes a batch: ordinary logins fit one by one (the
     # producer splits its batches when refused), logins with long fields never do.
     topics = dataclasses.replace(Topics.create(kafka), output=unique_name("small-output"))
-    create_topics(kafka.output.bootstrap, 3, topics.output, configs={"max.message.bytes": "1000"})
+    create_topics(kafka.output, 3, topics.output, configs={"max.message.bytes": "1000"})
     long_fields = {"user_id": "u" * 250, "app_version": "9." * 32, "device_type": "t" * 64, "device_id": "d" * 256}
     values = []
     for n, event in enumerate(event for event, _ in zip(generate(18, FeedProfile.clean()), range(2_000))):
@@ -305,7 +305,7 @@ def test_an_output_topic_that_refuses_large_records_gets_the_rest_and_the_dlq_th
             values.append(
                 json.dumps({**json.loads(event.value), **long_fields, "user_id": f"{n:03d}" + "u" * 250}).encode()
             )
-    produce(kafka.input.bootstrap, topics.input, values)
+    produce(kafka.input, topics.input, values)
     with Processor(kafka, topics, tmp_path, engine=engine) as processor:
         wait_until(lambda: caught_up(kafka, topics), timeout=180, message="caught up past the refused records")
         assert processor.process.poll() is None

@@ -91,8 +91,8 @@ def test_every_profile_rate_has_a_cli_flag(capsys):
 
 def test_produce_sends_every_event_to_kafka(kafka):
     topic = unique_name("generated")
-    create_topics(kafka.input.bootstrap, 3, topic)
+    create_topics(kafka.input, 3, topic)
     events = generate(3, FeedProfile(), FIXED_CLOCK)
     assert produce(kafka.input.bootstrap, topic, events, count=500, rate=0) == 500
-    values = sorted(record.value for record in read_all(kafka.input.bootstrap, topic))
+    values = sorted(record.value for record in read_all(kafka.input, topic))
     assert values == sorted(event.value for event in take(500, seed=3))

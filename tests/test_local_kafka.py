@@ -11,13 +11,13 @@ from tests.kafka_helpers import partition_counts, produce, read_all
 
 
 def test_both_clusters_answer_and_hold_their_topics_with_three_partitions(kafka):
-    assert partition_counts(kafka.input.bootstrap).items() >= {"user-login": 3}.items()
-    assert partition_counts(kafka.output.bootstrap).items() >= {"processed-logins": 3, "user-login-dlq": 3}.items()
+    assert partition_counts(kafka.input).items() >= {"user-login": 3}.items()
+    assert partition_counts(kafka.output).items() >= {"processed-logins": 3, "user-login-dlq": 3}.items()
 
 
 def test_the_clusters_are_independent(kafka):
-    assert "processed-logins" not in partition_counts(kafka.input.bootstrap)
-    assert "user-login" not in partition_counts(kafka.output.bootstrap)
+    assert "processed-logins" not in partition_counts(kafka.input)
+    assert "user-login" not in partition_counts(kafka.output)
 
 
 @pytest.mark.kafka
@@ -25,14 +25,14 @@ def test_a_restart_keeps_data_and_a_stop_leaves_no_process(tmp_path):
     (cluster,) = [brokers.Cluster("restart", *brokers.free_ports(2), tmp_path / "restart", {"kept": 1})]
     brokers.up((cluster,))
     try:
-        produce(cluster.bootstrap, "kept", [b"one", b"two", b"three"])
+        produce(cluster, "kept", [b"one", b"two", b"three"])
         pid = brokers.running_pid(cluster)
         assert brokers.stop(cluster)
         assert brokers.running_pid(cluster) is None
         assert not os.path.exists(f"/proc/{pid}")
 
         assert brokers.up((cluster,)) == [cluster]
-        assert [record.value for record in read_all(cluster.bootstrap, "kept")] == [b"one", b"two", b"three"]
+        assert [record.value for record in read_all(cluster, "kept")] == [b"one", b"two", b"three"]
     finally:
         brokers.down((cluster,))
     assert brokers.running_pid(cluster) is None

@@ -47,7 +47,7 @@ def generated(count: int, seed: int = 1, profile: FeedProfile = DEFAULT_PROFILE)
 def test_a_mixed_stream_splits_between_output_and_dlq_with_headers_and_exact_bytes(kafka, engine, tmp_path):
     topics = Topics.create(kafka)
     values = generated(1500) + BAD_MESSAGES
-    produce(kafka.input.bootstrap, topics.input, values)
+    produce(kafka.input, topics.input, values)
     with Processor(kafka, topics, tmp_path, engine=engine) as processor:
         wait_until(lambda: caught_up(kafka, topics), timeout=90, message="processor caught up")
         assert processor.stop(signal.SIGTERM) == 0
@@ -82,7 +82,7 @@ def test_a_mixed_stream_splits_between_output_and_dlq_with_headers_and_exact_byt
 def test_raw_ip_and_device_id_never_reach_the_output_topic_or_the_logs(kafka, engine, tmp_path):
     topics = Topics.create(kafka)
     values = generated(800, seed=2, profile=FeedProfile.clean())
-    produce(kafka.input.bootstrap, topics.input, values)
+    produce(kafka.input, topics.input, values)
     with Processor(kafka, topics, tmp_path, engine=engine) as processor:
         wait_until(lambda: caught_up(kafka, topics), timeout=90, message="processor caught up")
         assert processor.stop() == 0
@@ -97,11 +97,11 @@ def test_raw_ip_and_device_id_never_reach_the_output_topic_or_the_logs(kafka, en
 def test_a_restart_resumes_from_committed_offsets_without_loss_or_duplicates(kafka, engine, tmp_path):
     topics = Topics.create(kafka)
     processor = Processor(kafka, topics, tmp_path, engine=engine)
-    produce(kafka.input.bootstrap, topics.input, generated(700, seed=3))
+    produce(kafka.input, topics.input, generated(700, seed=3))
     with processor:
         wait_until(lambda: caught_up(kafka, topics), timeout=90, message="first run caught up")
         assert processor.stop(signal.SIGINT) == 0
-    produce(kafka.input.bootstrap, topics.input, generated(900, seed=4))
+    produce(kafka.input, topics.input, generated(900, seed=4))
     with processor:
         wait_until(lambda: caught_up(kafka, topics), timeout=90, message="second run caught up")
         assert processor.stop(signal.SIGTERM) == 0
@@ -113,15 +113,15 @@ def test_a_restart_resumes_from_committed_offsets_without_loss_or_duplicates(kaf
 
 def test_sigterm_exits_0_with_every_delivered_offset_committed_and_final_insights(kafka, engine, tmp_path):
     topics = Topics.create(kafka)
-    produce(kafka.input.bootstrap, topics.input, generated(3000, seed=5))
+    produce(kafka.input, topics.input, generated(3000, seed=5))
     with Processor(kafka, topics, tmp_path, engine=engine, BATCH_SIZE="200") as processor:
         wait_until(
-            lambda: any(committed_offsets(kafka.input.bootstrap, topics.input, topics.group).values()),
+            lambda: any(committed_offsets(kafka.input, topics.input, topics.group).values()),
             timeout=60,
             message="a first commit",
         )
         assert processor.stop(signal.SIGTERM) == 0
-    committed = committed_offsets(kafka.input.bootstrap, topics.input, topics.group)
+    committed = committed_offsets(kafka.input, topics.input, topics.group)
     landed = delivery(kafka, topics)
     delivered = {p: 0 for p in committed}
     for partition, offset in landed.landed:
@@ -133,7 +133,7 @@ def test_sigterm_exits_0_with_every_delivered_offset_committed_and_final_insight
 
 def test_insights_appear_every_insights_every_messages(kafka, engine, tmp_path):
     topics = Topics.create(kafka)
-    produce(kafka.input.bootstrap, topics.input, generated(500, seed=6), partition=0)
+    produce(kafka.input, topics.input, generated(500, seed=6), partition=0)
     with Processor(kafka, topics, tmp_path, engine=engine, INSIGHTS_EVERY="100", BATCH_SIZE="50") as processor:
         wait_until(lambda: caught_up(kafka, topics), timeout=90, message="processor caught up")
         assert processor.stop() == 0
@@ -159,7 +159,7 @@ def test_a_missing_topic_stops_with_one_clear_line_and_exit_1(kafka, engine, tmp
         assert processor.wait() == 1
     errors = [line for line in processor.stderr.splitlines() if "ERROR" in line]
     assert len(errors) == 1 and "topic 'no-such-topic' does not exist on the output cluster" in errors[0]
-    assert end_offsets(kafka.output.bootstrap, topics.output) == {0: 0, 1: 0, 2: 0}
+    assert end_offsets(kafka.output, topics.output) == {0: 0, 1: 0, 2: 0}
 
 
 @pytest.mark.parametrize(

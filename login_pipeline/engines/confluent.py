@@ -14,7 +14,7 @@ import time
 from collections import deque
 from typing import Any, Optional, cast
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicCollection, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from login_pipeline.client import (
@@ -28,9 +28,9 @@ from login_pipeline.client import (
     Polled,
     Rerouted,
     RevokeHandler,
-    StartupError,
 )
 from login_pipeline.config import Config
+from login_pipeline.refusals import Access, Symptoms, access, check_topic, unreachable
 from login_pipeline.results import RECORD_REJECTED, RECORD_TOO_LARGE
 from login_pipeline.routing import (
     DEFAULT_MAX_REQUEST_SIZE,
@@ -56,8 +56,8 @@ LIBRDKAFKA_BATCH_BYTES = 1_000_000  # librdkafka's default batch.size
 # Refused for what the record is: retrying it would stall its partition.
 _REFUSED_FOR_SIZE = {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_MSG_SIZE}
 _REFUSED_AS_INVALID = {KafkaError.INVALID_RECORD, KafkaError.INVALID_MSG}
-# The consumer cannot go on: stop with one line rather than poll forever.
-_INPUT_REFUSALS = {
+# The cluster refuses the pipeline itself: stop with one line rather than retry forever.
+_REFUSALS = {
     KafkaError.TOPIC_AUTHORIZATION_FAILED,
     KafkaError.GROUP_AUTHORIZATION_FAILED,
     KafkaError.CLUSTER_AUTHORIZATION_FAILED,
@@ -68,10 +68,8 @@ _INPUT_REFUSALS = {
 
 def connect(config: Config) -> tuple[ConfluentInput, ConfluentOutput]:
     security = client_security(config)
-    check_topics("input", config.input_bootstrap_servers, security, [config.input_topic])
-    size_limits = check_topics(
-        "output", config.output_bootstrap_servers, security, [config.output_topic, config.dlq_topic]
-    )
+    check_topics(access(config, "input"), security, [config.input_topic], "READ")
+    size_limits = check_topics(access(config, "output"), security, [config.output_topic, config.dlq_topic], "WRITE")
     output = ConfluentOutput(
         {**producer_settings(config.output_bootstrap_servers), **security},
         config.output_topic,
@@ -137,38 +135,52 @@ def producer_settings(servers) -> dict[str, Any]:
     }
 
 
-def check_topics(name: str, servers: tuple[str, ...], security: dict, topics: list[str]) -> dict[str, int]:
-    """Fail fast, with one line, when a cluster is unreachable or lacks a topic; return their max.message.bytes."""
-    settings: dict[str, Any] = {"bootstrap.servers": ",".join(servers), "logger": _silent(), **security}
+def check_topics(where: Access, security: dict, topics: list[str], needed: str) -> dict[str, int]:
+    """Fail fast, with one line, unless the cluster answers and `needed` is allowed on every topic.
+
+    Returns the topics' max.message.bytes where records are written (`needed` WRITE).
+    """
+    symptoms = Symptoms()  # librdkafka's logs and error callbacks: the reasons behind a timeout
+    startup_log = logging.getLogger("librdkafka.startup")
+    startup_log.propagate = False
+    startup_log.handlers = [symptoms]
+    startup_log.setLevel(logging.INFO)  # librdkafka says why a connection failed at INFO
+    settings: dict[str, Any] = {
+        "bootstrap.servers": where.servers,
+        "logger": startup_log,
+        "error_cb": lambda error: symptoms.seen.append(error.str()),
+        **security,
+    }
     admin = AdminClient(settings)
+    futures = admin.describe_topics(
+        TopicCollection(topics), include_authorized_operations=True, request_timeout=STARTUP_TIMEOUT_S
+    )
+    for topic, future in futures.items():
+        try:
+            described = future.result(timeout=STARTUP_TIMEOUT_S + 1)
+        except KafkaException as raised:
+            error = raised.args[0]
+            if error.code() in (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.UNKNOWN_TOPIC_OR_PART):
+                check_topic(where, topic, error.name(), None, needed)
+            admin.poll(0)  # serves the error callbacks that say why
+            raise unreachable(where, symptoms.newest_first(), error.name()) from None
+        except Exception as error:  # the future's own timeout: nothing answered
+            admin.poll(0)
+            raise unreachable(where, symptoms.newest_first(), type(error).__name__) from None
+        allowed = {operation.name for operation in described.authorized_operations or ()}
+        check_topic(where, topic, None, allowed or None, needed)
+    if needed != "WRITE":
+        return {}
     try:
-        metadata = admin.list_topics(timeout=STARTUP_TIMEOUT_S)
-    except KafkaException as error:
-        raise StartupError(
-            f"cannot reach the {name} cluster at {','.join(servers)} "
-            f"({error.args[0].name() if error.args else 'KafkaException'})"
-        ) from None
-    for topic in topics:
-        if topic not in metadata.topics or metadata.topics[topic].error is not None:
-            raise StartupError(f"topic {topic!r} does not exist on the {name} cluster at {','.join(servers)}")
-    try:
-        futures = admin.describe_configs(
+        configs = admin.describe_configs(
             [ConfigResource(ConfigResource.Type.TOPIC, topic) for topic in topics], request_timeout=STARTUP_TIMEOUT_S
         )
         return {
             resource.name: int(future.result(timeout=STARTUP_TIMEOUT_S)["max.message.bytes"].value)
-            for resource, future in futures.items()
+            for resource, future in configs.items()
         }
     except Exception as error:
         return unknown_size_limits(topics, error)
-
-
-def _silent() -> logging.Logger:
-    """Start-up checks report their outcome in one line of ours, not in librdkafka's retry chatter."""
-    quiet = logging.getLogger("librdkafka.startup")
-    quiet.setLevel(logging.CRITICAL)
-    quiet.propagate = False
-    return quiet
 
 
 class ConfluentInput:
@@ -201,7 +213,7 @@ class ConfluentInput:
         for message in messages:
             error = message.error()
             if error is not None:
-                if error.fatal() or error.code() in _INPUT_REFUSALS:
+                if error.fatal() or error.code() in _REFUSALS:
                     raise InputRefused(f"{error.name()}: {error.str()}")
                 log.warning("the input cluster reported %s; librdkafka retries by itself", error.name())
                 continue
@@ -216,7 +228,7 @@ class ConfluentInput:
 
     @staticmethod
     def _classify(error: KafkaError) -> Exception:
-        if error.fatal() or error.code() in _INPUT_REFUSALS:
+        if error.fatal() or error.code() in _REFUSALS:
             return InputRefused(f"{error.name()}: {error.str()}")
         return InputUnavailable(error.name())
 
@@ -297,11 +309,12 @@ class _Batch:
     per-record hot path. A failed record is found again from its source headers (failures are rare).
     """
 
-    __slots__ = ("pending", "failure", "rerouted", "handovers", "_on_failed")
+    __slots__ = ("pending", "failure", "refused", "rerouted", "handovers", "_on_failed")
 
     def __init__(self, on_failed) -> None:
         self.pending = 0
         self.failure: Optional[str] = None
+        self.refused = False
         self.rerouted: list[Rerouted] = []
         self.handovers: list[HandOver] = []
         self._on_failed = on_failed
@@ -354,10 +367,13 @@ class ConfluentOutput:
         self._positions = 0  # records handed over in the open batch
         self._closed: deque[_Batch] = deque()
         self._fatal: Optional[str] = None
+        self._refusal: Optional[str] = None  # the cluster refused the producer itself (no idempotence ACL...)
 
     def _client_error(self, error: KafkaError) -> None:
         if error.fatal():
             self._fatal = error.name()
+            if error.code() in _REFUSALS:
+                self._refusal = f"{error.name()}: {error.str()[:200]}"
             log.error(
                 "the producer stopped after a fatal error (%s); a new one takes over at the next batch", error.name()
             )
@@ -403,6 +419,7 @@ class ConfluentOutput:
         code = error.code()
         if code not in _REFUSED_FOR_SIZE and code not in _REFUSED_AS_INVALID:
             batch.failure = batch.failure or f"a record was not acknowledged: {error.name()}: {error.str()[:200]}"
+            batch.refused = batch.refused or code in _REFUSALS
             return
         try:
             source = dict(message.headers())
@@ -445,9 +462,14 @@ class ConfluentOutput:
                 return None
             self._producer.poll(min(remaining, ACK_POLL_INTERVAL_S))
         batch = self._closed.popleft()
+        if self._refusal is not None:
+            return BatchReport(self._refusal, refused=True)
         if batch.failure is not None:
-            return BatchReport(batch.failure)
+            return BatchReport(batch.failure, refused=batch.refused)
         return BatchReport(None, tuple(batch.rerouted))
 
     def close(self) -> None:
-        self._producer.flush(10)
+        try:
+            self._producer.flush(10)
+        except KafkaException as error:  # a producer in the fatal state refuses even to flush
+            log.warning("the producer could not flush on close (%s)", error.args[0].name())

@@ -5,14 +5,12 @@ Why a child process for the producer: see login_pipeline.engines.kafka_python_ou
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
 from typing import Any, Optional
 
 from kafka import AsyncConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
-from kafka.errors import CommitFailedError, KafkaError, RetriableError
+from kafka.errors import CommitFailedError, KafkaError, RetriableError, for_code
 from kafka.structs import OffsetAndMetadata
 
 from login_pipeline.client import (
@@ -27,6 +25,7 @@ from login_pipeline.client import (
 )
 from login_pipeline.config import Config
 from login_pipeline.engines.kafka_python_output import OutputProcess
+from login_pipeline.refusals import Access, Symptoms, access, check_topic, unreachable
 from login_pipeline.routing import unknown_size_limits
 
 log = logging.getLogger(__name__)
@@ -42,11 +41,8 @@ RECONNECT_BACKOFF_MAX_MS = 2_000
 
 def connect(config: Config) -> tuple[KafkaPythonInput, OutputProcess]:
     security = client_security(config)
-    with _client_logs_quiet():
-        check_topics("input", config.input_bootstrap_servers, security, [config.input_topic])
-        size_limits = check_topics(
-            "output", config.output_bootstrap_servers, security, [config.output_topic, config.dlq_topic]
-        )
+    check_topics(access(config, "input"), security, [config.input_topic], "READ")
+    size_limits = check_topics(access(config, "output"), security, [config.output_topic, config.dlq_topic], "WRITE")
     try:
         output = OutputProcess(
             {**producer_settings(config.output_bootstrap_servers), **security},
@@ -210,38 +206,27 @@ def _kafka_offsets(offsets: dict[Partition, int]) -> dict[TopicPartition, Offset
     return {TopicPartition(*partition): OffsetAndMetadata(offset, "", -1) for partition, offset in offsets.items()}
 
 
-@contextlib.contextmanager
-def _client_logs_quiet() -> Iterator[None]:
-    """Silence the client's own retry chatter while start-up checks run: their outcome is one line of ours."""
-    client_log = logging.getLogger("kafka")
-    level = client_log.level
-    client_log.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        client_log.setLevel(level)
-
-
-def check_topics(name: str, servers: tuple[str, ...], security: dict, topics: list[str]) -> dict[str, int]:
-    """Fail fast, with one line, when a cluster is unreachable or lacks a topic the pipeline needs.
+def check_topics(where: Access, security: dict, topics: list[str], needed: str) -> dict[str, int]:
+    """Fail fast, with one line, unless the cluster answers and `needed` is allowed on every topic.
 
     Returns each topic's max.message.bytes where the cluster tells it (DescribeConfigs), so records
-    too large for a topic are known before they are sent.
+    too large for a topic are known before they are sent; only asked where records are written.
     """
-    try:
-        with KafkaAdminClient(
-            bootstrap_servers=list(servers),
-            bootstrap_timeout_ms=STARTUP_TIMEOUT_MS,
-            request_timeout_ms=STARTUP_TIMEOUT_MS,
-            **security,
-        ) as admin:
-            existing = set(admin.list_topics())
-            missing = [topic for topic in topics if topic not in existing]
-            if missing:
-                raise StartupError(f"topic {missing[0]!r} does not exist on the {name} cluster at {','.join(servers)}")
-            return _size_limits(admin, topics)
-    except KafkaError as error:
-        raise StartupError(f"cannot reach the {name} cluster at {','.join(servers)} ({type(error).__name__})") from None
+    with Symptoms().collected_from(logging.getLogger("kafka")) as symptoms:
+        try:
+            with KafkaAdminClient(
+                bootstrap_servers=where.servers.split(","),
+                bootstrap_timeout_ms=STARTUP_TIMEOUT_MS,
+                request_timeout_ms=STARTUP_TIMEOUT_MS,
+                **security,
+            ) as admin:
+                for topic in admin.describe_topics(topics):
+                    error = None if topic["error_code"] == 0 else for_code(topic["error_code"]).message
+                    allowed = topic.get("authorized_operations")
+                    check_topic(where, topic["name"], error, None if allowed is None else set(allowed), needed)
+                return _size_limits(admin, topics) if needed == "WRITE" else {}
+        except KafkaError as error:
+            raise unreachable(where, symptoms.newest_first(), type(error).__name__) from None
 
 
 def _size_limits(admin: KafkaAdminClient, topics: list[str]) -> dict[str, int]:

@@ -31,11 +31,13 @@ from typing import cast
 
 from kafka import KafkaProducer
 from kafka.errors import (
+    AuthorizationError,
     CorruptRecordError,
     InvalidRecordError,
     KafkaError,
     MessageSizeTooLargeError,
     RecordListTooLargeError,
+    SaslAuthenticationFailedError,
 )
 
 from login_pipeline import logs
@@ -60,6 +62,8 @@ ACK_CHECK_INTERVAL_S = 0.001  # how often the child looks for acknowledgements w
 _REFUSED_FOR_SIZE = (MessageSizeTooLargeError, RecordListTooLargeError)
 _REFUSED_AS_INVALID = (InvalidRecordError, CorruptRecordError)
 _REFUSED = _REFUSED_FOR_SIZE + _REFUSED_AS_INVALID
+# Errors that refuse the pipeline itself: no retry can succeed.
+_REFUSED_US = (AuthorizationError, SaslAuthenticationFailedError)
 
 
 def keyed_partition(key: bytes, partitions: int) -> int:
@@ -329,9 +333,11 @@ class _Batch:
     def report(self) -> BatchReport:
         failed = [future.exception for future in self.futures if not future.succeeded()]
         if failed:
+            refusal = next((error for error in failed if isinstance(error, _REFUSED_US)), failed[0])
             return BatchReport(
                 f"{len(failed)} of {len(self.futures)} records were not acknowledged: "
-                f"{type(failed[0]).__name__}: {str(failed[0])[:200]}"
+                f"{type(refusal).__name__}: {str(refusal)[:200]}",
+                refused=isinstance(refusal, _REFUSED_US),
             )
         return BatchReport(self.failure, tuple(self.rerouted))
 
