@@ -237,6 +237,4 @@ def dead_letter_matches(source: Record, dead_letter: Record) -> bool:
 
 def delivery(kafka, topics: Topics) -> Delivery:
     inputs = {(r.partition, r.offset): r for r in read_all(kafka.input, topics.input)}
-    return Delivery(
-        inputs, read_all(kafka.output, topics.output), read_all(kafka.output, topics.dlq)
-    )
+    return Delivery(inputs, read_all(kafka.output, topics.output), read_all(kafka.output, topics.dlq))

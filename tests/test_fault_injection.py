@@ -74,8 +74,7 @@ def test_crash_sigkill_at_random_moments_loses_nothing(kafka, engine, tmp_path):
             # Kill at a random moment once it is working: after its first commit in this run.
             wait_until(
                 lambda before=before: (
-                    sum(o or 0 for o in committed_offsets(kafka.input, topics.input, topics.group).values())
-                    > before
+                    sum(o or 0 for o in committed_offsets(kafka.input, topics.input, topics.group).values()) > before
                 ),
                 timeout=60,
                 interval=0.05,
@@ -134,9 +133,7 @@ def test_a_cluster_outage_of_15_seconds_mid_stream_loses_nothing(kafka, engine, 
     topics = Topics.create(kafka)
     producer = None if side == "input" else feed(kafka, topics, count=8_000, rate=400, seed=13)
     if side == "input":  # the producer cannot write to a stopped input cluster: preload instead
-        produce(
-            kafka.input, topics.input, [e.value for e, _ in zip(generate(13, FeedProfile()), range(8_000))]
-        )
+        produce(kafka.input, topics.input, [e.value for e, _ in zip(generate(13, FeedProfile()), range(8_000))])
     processor = Processor(kafka, topics, tmp_path, engine=engine, BATCH_SIZE="200")
     with processor:
         time.sleep(3)
