@@ -12,9 +12,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
-from local_kafka.brokers import PROJECT_DIR, Cluster, create_topics, unique_name
+from local_kafka.brokers import PROJECT_DIR, Cluster, Pair, create_topics, grant, unique_name
+from local_kafka.secure import PROCESSOR, processor_grants, producer_grants
+
+# Runs a test on the plain pair and on the secured one (SASL_SSL, SCRAM, ACLs), as `kafka`.
+on_both_pairs = pytest.mark.parametrize("kafka", ["plaintext", "sasl_ssl"], indirect=True)
 
 
 @dataclass(frozen=True)
@@ -114,7 +119,8 @@ class Topics:
     group: str
 
     @classmethod
-    def create(cls, kafka, partitions: int = 3) -> Topics:
+    def create(cls, kafka: Pair, partitions: int = 3) -> Topics:
+        """New topics; on a secured pair the processor's user gets exactly the README's ACLs on them."""
         topics = cls(
             unique_name("user-login"),
             unique_name("processed-logins"),
@@ -123,17 +129,25 @@ class Topics:
         )
         create_topics(kafka.input, partitions, topics.input)
         create_topics(kafka.output, partitions, topics.output, topics.dlq)
+        if kafka.input.security is not None:
+            grant(kafka.input, *processor_grants(PROCESSOR, topics.input, topics.group))
+            grant(kafka.output, *producer_grants(PROCESSOR, topics.output, topics.dlq))
         return topics
 
 
 class Processor:
     """kafka_consumer_processor.py as a child process on a test's topics; always stopped on exit."""
 
-    def __init__(self, kafka, topics: Topics, workdir: Path, engine: str = "kafka-python", **settings: str) -> None:
+    def __init__(
+        self, kafka: Pair, topics: Topics, workdir: Path, engine: str = "kafka-python", **settings: str
+    ) -> None:
+        """On a secured pair it runs as the `processor` user, with the settings a user puts in .env."""
+        security = kafka.input.security
         self.env = {
             **os.environ,
-            "INPUT_BOOTSTRAP_SERVERS": kafka.input,
-            "OUTPUT_BOOTSTRAP_SERVERS": kafka.output,
+            **(security.processor_environment(PROCESSOR) if security else {}),
+            "INPUT_BOOTSTRAP_SERVERS": kafka.input.bootstrap,
+            "OUTPUT_BOOTSTRAP_SERVERS": kafka.output.bootstrap,
             "INPUT_TOPIC": topics.input,
             "OUTPUT_TOPIC": topics.output,
             "DLQ_TOPIC": topics.dlq,

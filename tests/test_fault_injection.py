@@ -32,6 +32,7 @@ from tests.kafka_helpers import (
     caught_up,
     committed_offsets,
     delivery,
+    on_both_pairs,
     produce,
     unique_name,
     wait_until,
@@ -47,7 +48,8 @@ def feed(kafka, topics: Topics, count: int, rate: float, seed: int = 1) -> threa
     """Produce `count` generator events at `rate` per second in the background."""
     thread = threading.Thread(
         target=produce_events,
-        args=(kafka.input, topics.input, generate(seed, FeedProfile()), count, rate),
+        args=(kafka.input.bootstrap, topics.input, generate(seed, FeedProfile()), count, rate),
+        kwargs={"security": kafka.input.security_settings()},
         daemon=True,
     )
     thread.start()
@@ -58,6 +60,7 @@ def report(scenario: str, **figures) -> None:
     print(f"\n[{scenario}] " + ", ".join(f"{name}={value}" for name, value in figures.items()))
 
 
+@on_both_pairs
 def test_crash_sigkill_at_random_moments_loses_nothing(kafka, engine, tmp_path):
     topics = Topics.create(kafka)
     producer = feed(kafka, topics, count=8_000, rate=500, seed=11)  # live events between kills
@@ -67,7 +70,14 @@ def test_crash_sigkill_at_random_moments_loses_nothing(kafka, engine, tmp_path):
     while producer.is_alive() or kills < 5:
         # A fresh backlog before each start keeps the processor busy mid-batch when the kill lands,
         # however fast it caught up the last time.
-        produce_events(kafka.input, topics.input, generate(20 + kills, FeedProfile()), 5_000, rate=0)
+        produce_events(
+            kafka.input.bootstrap,
+            topics.input,
+            generate(20 + kills, FeedProfile()),
+            5_000,
+            rate=0,
+            security=kafka.input.security_settings(),
+        )
         events += 5_000
         before = sum(o or 0 for o in committed_offsets(kafka.input, topics.input, topics.group).values())
         with processor:
@@ -97,6 +107,7 @@ def test_crash_sigkill_at_random_moments_loses_nothing(kafka, engine, tmp_path):
     assert landed.dlq_bytes_match()
 
 
+@on_both_pairs
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_mid_stream_commits_exactly_what_was_delivered(kafka, engine, tmp_path, signum):
     topics = Topics.create(kafka)
@@ -239,7 +250,7 @@ def test_poison_input_never_crashes_or_stalls_and_lands_in_the_dlq_byte_for_byte
 def test_a_200k_backlog_drains_with_bounded_memory(kafka, engine, tmp_path):
     topics = Topics.create(kafka)
     began = time.monotonic()
-    produce_events(kafka.input, topics.input, generate(16, FeedProfile()), 200_000, rate=0)
+    produce_events(kafka.input.bootstrap, topics.input, generate(16, FeedProfile()), 200_000, rate=0)
     with Processor(kafka, topics, tmp_path, engine=engine) as processor:
         started = time.monotonic()
         wait_until(lambda: caught_up(kafka, topics), timeout=300, interval=1.0, message="backlog drained")

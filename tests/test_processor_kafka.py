@@ -1,4 +1,7 @@
-"""The processor end to end on real brokers: routing, headers, commits, restarts, signals, startup errors."""
+"""The processor end to end on real brokers: routing, headers, commits, restarts, signals, startup errors.
+
+Each runs with both engines, on the plain pair and on the secured one (SASL_SSL, SCRAM, ACLs).
+"""
 
 import itertools
 import json
@@ -22,6 +25,7 @@ from tests.kafka_helpers import (
     committed_offsets,
     delivery,
     end_offsets,
+    on_both_pairs,
     produce,
     wait_until,
 )
@@ -44,6 +48,7 @@ def generated(count: int, seed: int = 1, profile: FeedProfile = DEFAULT_PROFILE)
     return [event.value for event in itertools.islice(generate(seed, profile), count)]
 
 
+@on_both_pairs
 def test_a_mixed_stream_splits_between_output_and_dlq_with_headers_and_exact_bytes(kafka, engine, tmp_path):
     topics = Topics.create(kafka)
     values = generated(1500) + BAD_MESSAGES
@@ -79,6 +84,7 @@ def test_a_mixed_stream_splits_between_output_and_dlq_with_headers_and_exact_byt
     assert reasons == {b"malformed_json", b"missing_required_field", b"invalid_field"}
 
 
+@on_both_pairs
 def test_raw_ip_and_device_id_never_reach_the_output_topic_or_the_logs(kafka, engine, tmp_path):
     topics = Topics.create(kafka)
     values = generated(800, seed=2, profile=FeedProfile.clean())
@@ -94,6 +100,7 @@ def test_raw_ip_and_device_id_never_reach_the_output_topic_or_the_logs(kafka, en
     assert TEST_PII_KEY.encode() not in logs
 
 
+@on_both_pairs
 def test_a_restart_resumes_from_committed_offsets_without_loss_or_duplicates(kafka, engine, tmp_path):
     topics = Topics.create(kafka)
     processor = Processor(kafka, topics, tmp_path, engine=engine)
@@ -111,6 +118,7 @@ def test_a_restart_resumes_from_committed_offsets_without_loss_or_duplicates(kaf
     assert landed.lost == [] and landed.duplicates == 0
 
 
+@on_both_pairs
 def test_sigterm_exits_0_with_every_delivered_offset_committed_and_final_insights(kafka, engine, tmp_path):
     topics = Topics.create(kafka)
     produce(kafka.input, topics.input, generated(3000, seed=5))
@@ -131,6 +139,7 @@ def test_sigterm_exits_0_with_every_delivered_offset_committed_and_final_insight
     assert "── final insights:" in processor.stdout
 
 
+@on_both_pairs
 def test_insights_appear_every_insights_every_messages(kafka, engine, tmp_path):
     topics = Topics.create(kafka)
     produce(kafka.input, topics.input, generated(500, seed=6), partition=0)
@@ -153,6 +162,7 @@ def test_insights_appear_every_insights_every_messages(kafka, engine, tmp_path):
         assert label in out
 
 
+@on_both_pairs
 def test_a_missing_topic_stops_with_one_clear_line_and_exit_1(kafka, engine, tmp_path):
     topics = Topics.create(kafka)
     with Processor(kafka, topics, tmp_path, engine=engine, OUTPUT_TOPIC="no-such-topic") as processor:
