@@ -47,6 +47,7 @@ class FakeOutput:
     delivered: list[Delivered] = field(default_factory=list)
     acknowledged: dict[int, int] = field(default_factory=dict)  # input partition -> next offset acknowledged
     fail_batches: set[int] = field(default_factory=set)  # ordinals (from 0) of batches to report as failed
+    refuse_batches: set[int] = field(default_factory=set)  # ... as refused for good (a missing ACL)
     reroute_offsets: set[tuple[int, int]] = field(default_factory=set)  # refuse these, as too large
     hold: bool = False  # acknowledge nothing: as a slow or absent output cluster
     dead: bool = False
@@ -77,6 +78,8 @@ class FakeOutput:
         ordinal, handovers = self._closed.popleft()
         if ordinal in self.fail_batches:
             return BatchReport("1 of 1 records were not acknowledged: KafkaTimeoutError (fake)")
+        if ordinal in self.refuse_batches:
+            return BatchReport("TOPIC_AUTHORIZATION_FAILED (fake)", refused=True)
         rerouted = []
         position = 0
         for records in handovers:

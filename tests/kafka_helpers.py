@@ -119,8 +119,9 @@ class Topics:
     group: str
 
     @classmethod
-    def create(cls, kafka: Pair, partitions: int = 3) -> Topics:
-        """New topics; on a secured pair the processor's user gets exactly the README's ACLs on them."""
+    def create(cls, kafka: Pair, partitions: int = 3, acls: bool = True) -> Topics:
+        """New topics; on a secured pair the processor's user gets exactly the README's ACLs on them
+        (unless `acls` is False: then it has none)."""
         topics = cls(
             unique_name("user-login"),
             unique_name("processed-logins"),
@@ -129,7 +130,7 @@ class Topics:
         )
         create_topics(kafka.input, partitions, topics.input)
         create_topics(kafka.output, partitions, topics.output, topics.dlq)
-        if kafka.input.security is not None:
+        if kafka.input.security is not None and acls:
             grant(kafka.input, *processor_grants(PROCESSOR, topics.input, topics.group))
             grant(kafka.output, *producer_grants(PROCESSOR, topics.output, topics.dlq))
         return topics

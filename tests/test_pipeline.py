@@ -105,6 +105,16 @@ def test_a_batch_never_acknowledged_is_never_committed_not_even_at_stop():
     assert source.committed == {Partition("user-login", 0): 3}
 
 
+def test_a_batch_refused_for_good_stops_the_run_with_exit_1_and_nothing_committed_past_it():
+    output = FakeOutput(refuse_batches={1})
+    source = FakeInput(output, {0: records(0, 12)}, batch_size=3)
+    assert pipeline(source, output).run() == 1  # no retry: a missing ACL does not heal by itself
+    assert sources(output) == [(0, 0), (0, 1), (0, 2)]
+    assert source.committed == {Partition("user-login", 0): 3}
+    assert source.polls <= 1 + runner.IN_FLIGHT_BATCHES + 1  # it stopped at the refusal, not after the stream
+    assert source.closed and output.closed
+
+
 def stop_after_polls(source: FakeInput, stop: StopRequest, polls: int) -> None:
     original = source.poll
 
