@@ -22,12 +22,13 @@ from kafka.admin import (
     ResourceType,
 )
 
-from local_kafka.brokers import Pair, grant
+from local_kafka.brokers import PROJECT_DIR, Pair, grant, secure_clusters
 from local_kafka.secure import (
     PROCESSOR,
     READER_ONLY,
     USERS,
     Grant,
+    Security,
     issue_certificates,
     processor_grants,
     producer_grants,
@@ -240,3 +241,36 @@ def test_a_write_acl_withdrawn_mid_run_stops_at_that_batch_with_nothing_committe
     assert sum(end_offsets(secured.output, topics.output).values()) == 50
     for secret in secrets_of(secured):
         assert secret not in processor.stdout + processor.stderr
+
+
+# --- the docs say what the code does ---
+
+
+def test_the_env_example_secured_block_is_the_launchers_secured_pair_as_the_processor_user(tmp_path):
+    lines = (PROJECT_DIR / ".env.example").read_text().splitlines()
+    block = dict(line[2:].split("=", 1) for line in lines if line.startswith("# ") and "=" in line.split()[1])
+    secure_input, secure_output = secure_clusters()
+    security = Security(tmp_path)
+    security.ensure()
+    assert set(security.processor_environment(PROCESSOR)) <= set(block)
+    assert {
+        "INPUT_BOOTSTRAP_SERVERS": secure_input.bootstrap,
+        "OUTPUT_BOOTSTRAP_SERVERS": secure_output.bootstrap,
+        "SECURITY_PROTOCOL": "SASL_SSL",
+        "SASL_MECHANISM": "SCRAM-SHA-512",
+        "SASL_USERNAME": PROCESSOR,
+        "SASL_PASSWORD": "",
+        "SSL_CAFILE": ".local/kafka/tls/ca.pem",
+    }.items() <= block.items()
+
+
+def test_the_readme_least_privilege_table_is_what_the_launcher_grants():
+    readme = (PROJECT_DIR / "README.md").read_text()
+    table = readme[readme.index("**The least the processor needs**") : readme.index("With Kafka's CLI")]
+    secure_input, secure_output = secure_clusters()
+    for cluster, grants in (("input", secure_input.grants), ("output", secure_output.grants)):
+        for g in grants:
+            if g.user != PROCESSOR:
+                continue
+            rows = [row for row in table.splitlines() if row.startswith(f"| {cluster} |") and f"`{g.name}`" in row]
+            assert any(f"`{g.operation}`" in row and g.resource in row for row in rows), g
