@@ -191,12 +191,12 @@ def _json_type(value: object) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logs.configure()
     try:
         config = configuration.load(argv, __doc__)
     except configuration.ConfigError as error:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2
+    logs.configure(config.log_format)
     pii_key = config.pii_hash_key
     if pii_key is None:
         # A random key is never a known one: hashes stay unguessable, they just differ per process.

@@ -71,8 +71,11 @@ class BatchReport(NamedTuple):
 
 # Called before partitions are revoked, with them; returns the offsets (next to read) to commit first.
 RevokeHandler = Callable[[set[Partition]], dict[Partition, int]]
-# Called, from inside a later poll, when a commit sent without waiting failed; with the error's name.
-CommitFailureHandler = Callable[[str], None]
+# Called, from inside a later poll, when a commit sent without waiting was answered: with None when
+# the group took it, else with the error's name.
+CommitAnswerHandler = Callable[[Optional[str]], None]
+# Called when the member has joined the group, with the partitions it now holds (maybe none).
+AssignHandler = Callable[[set[Partition]], None]
 
 
 class InputUnavailable(Exception):
@@ -94,29 +97,32 @@ class StartupError(Exception):
 class Input(Protocol):
     """The input cluster: a consumer in a group, committing only what it is told to.
 
-    - `subscribe(on_revoke, on_commit_failure)` joins the group. Before any partition is revoked
-      (inside `poll` or `close`), `on_revoke` is called and the offsets it returns are committed
-      before the partitions go, so nothing acknowledged is left uncommitted.
+    - `subscribe(on_revoke, on_commit_answer, on_assign)` joins the group. Before any partition is
+      revoked (inside `poll` or `close`), `on_revoke` is called and the offsets it returns are
+      committed before the partitions go, so nothing acknowledged is left uncommitted. After each
+      join, `on_assign` is called (inside `poll`) with what the member holds.
     - `poll(timeout_s)` returns what arrived, at most the configured batch size in all, one
       `Polled` per partition. It blocks at most `timeout_s` (plus a rebalance's settling). It
       raises InputUnavailable while the cluster is away and InputRefused when it refuses us.
     - `seek(partition, offset)`: the next poll of that assigned partition starts at `offset`.
-    - `commit_in_background(offsets)` sends a commit without waiting; a failure is reported to
-      `on_commit_failure` from inside a later poll. Commits are answered in order.
+    - `commit_in_background(offsets)` sends a commit without waiting; its answer goes to
+      `on_commit_answer` from inside a later poll. Commits are answered in order.
     - `commit(offsets, timeout_s)` commits and waits; False when it failed.
     - `assignment()`: the partitions held now. `lag(positions)`: records behind the high
-      watermarks of the assigned partitions, or None when unknown.
+      watermark of each assigned partition, or None when any is unknown.
     - `close()` leaves the group (revoking, so `on_revoke` runs); it commits nothing else.
     Nothing is ever auto-committed.
     """
 
-    def subscribe(self, on_revoke: RevokeHandler, on_commit_failure: CommitFailureHandler) -> None: ...
+    def subscribe(
+        self, on_revoke: RevokeHandler, on_commit_answer: CommitAnswerHandler, on_assign: AssignHandler
+    ) -> None: ...
     def poll(self, timeout_s: float) -> list[Polled]: ...
     def seek(self, partition: Partition, offset: int) -> None: ...
     def commit_in_background(self, offsets: dict[Partition, int]) -> None: ...
     def commit(self, offsets: dict[Partition, int], timeout_s: float) -> bool: ...
     def assignment(self) -> set[Partition]: ...
-    def lag(self, positions: dict[Partition, int]) -> Optional[int]: ...
+    def lag(self, positions: dict[Partition, int]) -> Optional[dict[Partition, int]]: ...
     def close(self) -> None: ...
 
 
@@ -137,6 +143,8 @@ class Output(Protocol):
       transient failures fail the batch, for the run loop to retry; a refusal of the pipeline
       itself (a missing ACL, a rejected password) fails it as `refused`, and the run loop stops.
     - `close()` stops producing; what was not acknowledged is not reported.
+    - `alive()`: False once the output can no longer be used (its process died); never blocks, may
+      be called from any thread.
     OutputGone from any call means the output can no longer be used.
     """
 
@@ -146,3 +154,4 @@ class Output(Protocol):
     def end_batch(self) -> None: ...
     def acknowledgement(self, timeout_s: Optional[float] = None) -> Optional[BatchReport]: ...
     def close(self) -> None: ...
+    def alive(self) -> bool: ...

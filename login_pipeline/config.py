@@ -27,6 +27,11 @@ _WHOLE_NUMBER = re.compile(r"^[0-9]{1,12}$")
 MAX_BATCH_SIZE = 100_000  # a batch is held in memory twice (polled and in flight): keep it sane
 MAX_INSIGHTS_EVERY = 1_000_000_000
 SHOWN_VALUE_CHARS = 60  # a bad value is quoted in the error line up to this length
+LOG_FORMATS = ("text", "json")
+# The run loop's longest legitimate wait is an acknowledgement (150 s); longer than that, it is stuck.
+DEFAULT_LIVENESS_TIMEOUT_S = 180
+MAX_LIVENESS_TIMEOUT_S = 86_400
+_HOST = re.compile(r"^([0-9A-Za-z.-]{1,253}|[0-9A-Fa-f:.]{2,45})$")
 
 
 class ConfigError(ValueError):
@@ -67,6 +72,14 @@ SETTINGS = (
     Setting("SASL_USERNAME", None, "with SASL_*: user name"),
     Setting("SASL_PASSWORD", None, "with SASL_*: password", secret=True),
     Setting("SSL_CAFILE", None, "with SSL or SASL_SSL: CA certificate file (PEM) to verify the brokers"),
+    Setting("METRICS_PORT", "9400", "port of /metrics, /livez and /readyz; 0 turns them off"),
+    Setting("METRICS_HOST", "127.0.0.1", "address they listen on (0.0.0.0 in a container)"),
+    Setting(
+        "LIVENESS_TIMEOUT_S",
+        str(DEFAULT_LIVENESS_TIMEOUT_S),
+        "seconds the run loop may go without coming round before /livez answers 503",
+    ),
+    Setting("LOG_FORMAT", "text", f"logs on stderr: {' or '.join(LOG_FORMATS)} (one JSON object per line)"),
 )
 
 
@@ -87,6 +100,10 @@ class Config:
     sasl_username: str | None
     sasl_password: str | None
     ssl_cafile: str | None
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
+    liveness_timeout_s: int = DEFAULT_LIVENESS_TIMEOUT_S
+    log_format: str = "text"
 
     def __repr__(self) -> str:  # secrets stay out of logs and tracebacks
         shown = {
@@ -185,6 +202,10 @@ def validate(raw: dict[str, str | None]) -> Config:
         sasl_username=raw["SASL_USERNAME"],
         sasl_password=raw["SASL_PASSWORD"],
         ssl_cafile=raw["SSL_CAFILE"],
+        metrics_port=_port(text["METRICS_PORT"]),
+        metrics_host=_host(text["METRICS_HOST"]),
+        liveness_timeout_s=_whole_number("LIVENESS_TIMEOUT_S", text["LIVENESS_TIMEOUT_S"], MAX_LIVENESS_TIMEOUT_S),
+        log_format=_one_of("LOG_FORMAT", text["LOG_FORMAT"], LOG_FORMATS),
     )
 
 
@@ -201,6 +222,25 @@ def _whole_number(name: str, value: str, maximum: int) -> int:
     if not _WHOLE_NUMBER.match(value) or not 0 < int(value) <= maximum:
         raise ConfigError(f"{name}={_shown(value)} must be a whole number from 1 to {maximum:,}")
     return int(value)
+
+
+def _port(value: str) -> int:
+    if not _WHOLE_NUMBER.match(value) or int(value) > 65535:
+        raise ConfigError(f"METRICS_PORT={_shown(value)} must be a port number from 0 (off) to 65535")
+    return int(value)
+
+
+def _host(value: str) -> str:
+    if not _HOST.match(value):
+        raise ConfigError(f"METRICS_HOST={_shown(value)} is not a host name or an IP address")
+    return value
+
+
+def _one_of(name: str, value: str, choices: tuple[str, ...]) -> str:
+    folded = value.lower() if value.isascii() else value
+    if folded not in choices:
+        raise ConfigError(f"{name}={_shown(value)} is not one of {', '.join(choices)}")
+    return folded
 
 
 def _ascii_upper(value: str) -> str:

@@ -8,6 +8,7 @@ input are escaped and truncated before they reach the terminal.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from datetime import datetime, timezone
@@ -30,12 +31,15 @@ class Insights:
         self.valid = 0
         self.repaired = 0
         self.rejected: Counter[str] = Counter()  # by reason: a handful of keys, never one per user
+        self.newest_login_ts: float | None = None
         self._users = HyperLogLog()
         self._device_types = CappedCounts()
         self._locales = CappedCounts()
         self._app_versions = CappedCounts()
         self._per_minute = MinuteCounts()
-        self._delay = LogHistogram()
+        self.delay = LogHistogram()
+        # Held while a batch is observed and while metrics are read, so a scrape sees whole batches.
+        self.lock = threading.Lock()
 
     def observe(self, result: ProcessingResult) -> None:
         self.processed += 1
@@ -50,8 +54,14 @@ class Insights:
         self._device_types.add(record["device_type"])
         self._locales.add(record["locale"])
         self._app_versions.add(record["app_version"])
-        self._per_minute.add(record["login_ts"], record["login_ts"] + record["event_delay_s"])
-        self._delay.add(max(record["event_delay_s"], 0.0))
+        login_ts = record["login_ts"]
+        if self.newest_login_ts is None or login_ts > self.newest_login_ts:
+            self.newest_login_ts = login_ts
+        self._per_minute.add(login_ts, login_ts + record["event_delay_s"])
+        self.delay.add(max(record["event_delay_s"], 0.0))
+
+    def distinct_users(self) -> int:
+        return self._users.count()
 
     def render(self, lag: int | None, title: str = "insights") -> str:
         now = self._clock()
@@ -59,7 +69,7 @@ class Insights:
         overall = self.processed / max(now - self._started, 1e-9)
         self._last_render, self._processed_at_last_render = now, self.processed
         rejected = ", ".join(f"{reason} {count:,}" for reason, count in sorted(self.rejected.items())) or "none"
-        p50, p95 = self._delay.quantile(0.50), self._delay.quantile(0.95)
+        p50, p95 = self.delay.quantile(0.50), self.delay.quantile(0.95)
         lines = [
             f"── {title}: {self.processed:,} messages, up {_duration(now - self._started)} " + "─" * 20,
             f"processed {self.processed:,}   valid {self.valid:,} ({_share(self.valid, self.processed)})"

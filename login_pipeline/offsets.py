@@ -22,6 +22,7 @@ class InFlightBatch:
     first_offsets: dict[Partition, int]
     next_offsets: dict[Partition, int]
     results: list[ProcessingResult] = field(repr=False)
+    handed_at: float = 0.0  # time.monotonic() when it was handed over
     # Given up on after a rewind or a revoke: its report is read and ignored, nothing of it is committed.
     abandoned: bool = False
 

@@ -59,6 +59,7 @@ from login_pipeline.client import (
 )
 from login_pipeline.config import Config
 from login_pipeline.insights import Insights
+from login_pipeline.metrics import PipelineMetrics
 from login_pipeline.offsets import InFlightBatch, Offsets
 from login_pipeline.results import (
     MALFORMED_JSON,
@@ -69,6 +70,7 @@ from login_pipeline.results import (
     Rejection,
 )
 from login_pipeline.routing import fits, near_limit, source_headers
+from login_pipeline.status_server import Verdict, serving
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +143,10 @@ class Pipeline:
         self._clock = clock
         self.insights = Insights()
         self.offsets = Offsets()
-        source.subscribe(self._settle_before_revoke, self._commit_failed)
+        self.metrics = PipelineMetrics(config, self.insights, clock)
+        self.last_iteration = time.monotonic()  # liveness: the loop came round at this time
+        self.joined = False  # readiness: the member holds its assignment (possibly none)
+        source.subscribe(self._settle_before_revoke, self._commit_answered, self._assigned)
 
     def run(self) -> int:
         """Process until stopped; returns the exit code (0: stopped cleanly with everything committed)."""
@@ -192,7 +197,9 @@ class Pipeline:
         every = self._config.insights_every
         blocks_printed = 0
         failures = 0
+        metrics = self.metrics
         while not self._stop.requested:
+            self.last_iteration = time.monotonic()
             try:
                 polled = self._input.poll(POLL_TIMEOUT_S)
             except InputUnavailable as error:
@@ -201,13 +208,19 @@ class Pipeline:
                 self._stop.sleep(1.0)
                 continue
             if polled:
-                self.offsets.handed_over(self._hand_over(polled))
+                metrics.consumed.inc(sum(len(part.offsets) for part in polled))
+                began = time.monotonic()
+                batch = self._hand_over(polled)
+                batch.handed_at = time.monotonic()
+                metrics.processing.observe(batch.handed_at - began)
+                self.offsets.handed_over(batch)
             # The newest batches stay in flight while the next one is processed; with nothing new, settle all.
             try:
                 if self._settle(keep=IN_FLIGHT_BATCHES if polled else 0):
                     failures = 0
                     self._commit_in_background()
             except DeliveryFailed:
+                metrics.delivery_failures.inc()
                 failures += 1
                 backoff = min(MAX_BACKOFF_S, 0.5 * 2**failures)
                 log.error(
@@ -217,6 +230,9 @@ class Pipeline:
                     failures + 1,
                 )
                 self._stop.sleep(backoff)
+            metrics.in_flight.set(len(self.offsets.in_flight))
+            metrics.assigned.set(len(self._input.assignment()))
+            metrics.set_lags(self._input.lag(self.offsets.positions))
             # At most one block per batch, so draining a backlog does not flood the terminal.
             if self.insights.processed // every > blocks_printed:
                 blocks_printed = self.insights.processed // every
@@ -229,6 +245,7 @@ class Pipeline:
         process, send = self._process, self._output.send
         output_limit = self._output.size_limits[self._config.output_topic]
         results = []
+        dead_letters = 0
         for part in polled:
             partition = part.partition
             records = HandOver.of(partition)
@@ -254,6 +271,7 @@ class Pipeline:
                     records.add(offset, result.key, result.value)
                 else:  # the dead-letter topic gets the original key and bytes, untouched
                     records.add(offset, key, raw, result)
+                    dead_letters += 1
                 results.append(result)
                 if len(records.offsets) == HANDOVER_RECORDS:
                     send(records)
@@ -261,6 +279,8 @@ class Pipeline:
             if records.offsets:
                 send(records)
         self._output.end_batch()
+        self.metrics.produced.labels("dlq").inc(dead_letters)
+        self.metrics.produced.labels("output").inc(len(results) - dead_letters)
         return InFlightBatch(
             {part.partition: part.offsets[0] for part in polled},
             {part.partition: part.offsets[-1] + 1 for part in polled},
@@ -309,8 +329,15 @@ class Pipeline:
                     rerouted.reason, None, "the output cluster refused the record"
                 )
             # Insights count a message once, when its batch is delivered, however often it was retried.
-            for result in batch.results:
-                self.insights.observe(result)
+            insights = self.insights
+            with insights.lock:
+                valid_before = insights.valid
+                for result in batch.results:
+                    insights.observe(result)
+                valid = insights.valid - valid_before
+            self.metrics.acknowledged.labels("output").inc(valid)
+            self.metrics.acknowledged.labels("dlq").inc(len(batch.results) - valid)
+            self.metrics.acknowledgement.observe(time.monotonic() - batch.handed_at)
             offsets.delivered(batch)
         return delivered
 
@@ -322,24 +349,39 @@ class Pipeline:
         """
         offsets = self.offsets.take_commit()
         if offsets:
-            self._input.commit_in_background(offsets)
+            with self.metrics.commit.time():
+                self._input.commit_in_background(offsets)
 
-    def _commit_failed(self, error: str) -> None:
+    def _commit_answered(self, error: str | None) -> None:
+        if error is None:
+            self.metrics.commit_confirmed()
+            return
+        self.metrics.commit_failures.inc()
         log.warning("commit failed (%s); will retry with the next batch", error)
         self.offsets.commit_failed()
+
+    def _assigned(self, partitions: set[Partition]) -> None:
+        self.joined = True
+        self.metrics.assigned.set(len(partitions))
 
     def _commit(self) -> bool:
         """Commit every delivered position and wait; False when it failed (kept: duplicates, never loss)."""
         offsets = self.offsets.take_final_commit()
         if not offsets:
             return True
-        if self._input.commit(offsets, FINAL_COMMIT_TIMEOUT_S):
+        with self.metrics.commit.time():
+            committed = self._input.commit(offsets, FINAL_COMMIT_TIMEOUT_S)
+        if committed:
+            self.metrics.commit_confirmed()
             return True
+        self.metrics.commit_failures.inc()
         self.offsets.commit_failed()
         return False
 
     def _settle_before_revoke(self, revoked: set[Partition]) -> dict[Partition, int]:
         """Before partitions go: settle what is in flight (bounded), return what was delivered to commit."""
+        self.joined = False
+        self.metrics.rebalances.inc()
         try:
             self._settle(keep=0, within=REVOKE_SETTLE_S)
         except DeliveryFailed:
@@ -350,8 +392,27 @@ class Pipeline:
         self.offsets.forget(revoked)
         return offsets
 
+    def liveness(self) -> Verdict:
+        """Live while the loop comes round within LIVENESS_TIMEOUT_S (every wait inside it is shorter)."""
+        stuck_for = time.monotonic() - self.last_iteration
+        if stuck_for > self._config.liveness_timeout_s:
+            return Verdict(False, (f"the run loop has not come round for {stuck_for:.0f} s",))
+        return Verdict(True)
+
+    def readiness(self, silent_clusters: list[str]) -> Verdict:
+        """Ready when both clusters answer, the member holds its assignment and the output is alive."""
+        reasons = [f"the {name} cluster does not answer" for name in silent_clusters]
+        if not self.joined:
+            reasons.append("not a member of the consumer group (joining or rebalancing)")
+        if not self._output.alive():
+            reasons.append("the output is gone")
+        if self._stop.requested:
+            reasons.append("stopping")
+        return Verdict(not reasons, tuple(reasons))
+
     def _print_insights(self, final: bool = False) -> None:
-        lag = self._input.lag(self.offsets.positions)
+        lags = self._input.lag(self.offsets.positions)
+        lag = sum(lags.values()) if lags else None
         block = self.insights.render(lag, title="final insights" if final else "insights")
         print(block, file=self._out, flush=True)
 
@@ -368,12 +429,13 @@ def _processing_error(error: Exception, partition: Partition, offset: int) -> Re
         partition.topic,
         partition.partition,
         offset,
+        extra={"topic": partition.topic, "partition": partition.partition, "offset": offset},
     )
     return Rejection(PROCESSING_ERROR, None, f"process_message raised {type(error).__name__}")
 
 
 def main(config: Config, process: Process) -> int:
-    """Run the pipeline with signal handling; startup problems become one line and exit code 1."""
+    """Run the pipeline with signal handling and its status endpoints; startup problems: one line, exit 1."""
     stop = StopRequest()
     stop.install()
     try:
@@ -381,4 +443,13 @@ def main(config: Config, process: Process) -> int:
     except StartupError as error:
         log.error("%s", error)
         return 1
-    return Pipeline(config, process, source, output, stop).run()
+    pipeline = Pipeline(config, process, source, output, stop)
+    with serving(
+        config.metrics_host,
+        config.metrics_port,
+        pipeline.metrics.registry,
+        pipeline.liveness,
+        pipeline.readiness,
+        lambda: engines.probes(config),
+    ):
+        return pipeline.run()

@@ -77,10 +77,22 @@ class LogHistogram:
         self._bounds = [smallest * growth**i for i in range(steps + 1)]
         self._counts = [0] * (len(self._bounds) + 1)
         self.total = 0
+        self.sum = 0.0
 
     def add(self, value: float) -> None:
         self._counts[bisect.bisect_left(self._bounds, value)] += 1
         self.total += 1
+        self.sum += value
+
+    def cumulative(self, every: int) -> list[tuple[float, int]]:
+        """(bound, how many values are at most it) at every `every`-th bucket bound, then (inf, all):
+        exact counts in coarser buckets, as Prometheus histograms have them."""
+        result, seen = [], 0
+        for index, bound in enumerate(self._bounds):
+            seen += self._counts[index]
+            if index % every == 0:
+                result.append((bound, seen))
+        return result + [(math.inf, self.total)]
 
     def quantile(self, q: float) -> float | None:
         """The upper bound of the bucket holding the q-quantile; None before any value."""

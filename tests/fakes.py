@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from login_pipeline.client import (
+    AssignHandler,
     BatchReport,
-    CommitFailureHandler,
+    CommitAnswerHandler,
     HandOver,
     InputRefused,
     InputUnavailable,
@@ -105,6 +106,9 @@ class FakeOutput:
     def close(self) -> None:
         self.closed = True
 
+    def alive(self) -> bool:
+        return not self.dead
+
 
 @dataclass
 class Commit:
@@ -139,17 +143,22 @@ class FakeInput:
         self.fail_commits = 0  # how many of the next commits fail
         self.stop_when_drained = None  # a StopRequest, requested once every record was polled and settled
         self._on_revoke: Optional[RevokeHandler] = None
-        self._on_commit_failure: Optional[CommitFailureHandler] = None
-        self._failed_in_background: list[str] = []
+        self._on_commit_answer: Optional[CommitAnswerHandler] = None
+        self._answers: list[Optional[str]] = []
+        self._on_assign: Optional[AssignHandler] = None
 
-    def subscribe(self, on_revoke: RevokeHandler, on_commit_failure: CommitFailureHandler) -> None:
-        self._on_revoke, self._on_commit_failure = on_revoke, on_commit_failure
+    def subscribe(
+        self, on_revoke: RevokeHandler, on_commit_answer: CommitAnswerHandler, on_assign: AssignHandler
+    ) -> None:
+        self._on_revoke, self._on_commit_answer, self._on_assign = on_revoke, on_commit_answer, on_assign
 
     def poll(self, timeout_s: float) -> list[Polled]:
         self.polls += 1
-        for error in self._failed_in_background:
-            self._on_commit_failure(error)
-        self._failed_in_background.clear()
+        if self.polls == 1:
+            self._on_assign(set(self._assigned))
+        for answer in self._answers:
+            self._on_commit_answer(answer)
+        self._answers.clear()
         if self.polls in self.unavailable_at:
             raise InputUnavailable("NodeNotReadyError (fake)")
         if self.polls in self.refuse_at:
@@ -179,6 +188,7 @@ class FakeInput:
         """Revoke everything and get it back, as an eager rebalance does; positions restart from commits."""
         self._commit(self._on_revoke(set(self._assigned)), waited=True)
         self._positions = {partition: self.committed.get(partition, 0) for partition in self._log}
+        self._on_assign(set(self._assigned))
 
     def seek(self, partition: Partition, offset: int) -> None:
         assert partition in self._assigned
@@ -187,9 +197,10 @@ class FakeInput:
     def commit_in_background(self, offsets: dict[Partition, int]) -> None:
         if self.fail_commits:
             self.fail_commits -= 1
-            self._failed_in_background.append("RequestTimedOutError (fake)")
+            self._answers.append("RequestTimedOutError (fake)")
             return
         self._commit(offsets, waited=False)
+        self._answers.append(None)
 
     def commit(self, offsets: dict[Partition, int], timeout_s: float) -> bool:
         if self.fail_commits:
@@ -207,8 +218,8 @@ class FakeInput:
     def assignment(self) -> set[Partition]:
         return set(self._assigned)
 
-    def lag(self, positions: dict[Partition, int]) -> Optional[int]:
-        return sum(len(self._log[p]) - positions.get(p, 0) for p in self._assigned)
+    def lag(self, positions: dict[Partition, int]) -> Optional[dict[Partition, int]]:
+        return {p: len(self._log[p]) - positions.get(p, 0) for p in self._assigned}
 
     def close(self) -> None:
         self._commit(self._on_revoke(set(self._assigned)), waited=True)

@@ -155,6 +155,7 @@ class Processor:
             "CONSUMER_GROUP": topics.group,
             "PII_HASH_KEY": TEST_PII_KEY,
             "KAFKA_CLIENT": engine,
+            "METRICS_PORT": "0",  # several processors may run at once; a test that scrapes sets a free port
             **settings,
         }
         self.workdir = workdir

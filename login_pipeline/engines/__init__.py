@@ -8,6 +8,7 @@ to its option names, and its start-up checks. Only the chosen one's library is i
 from __future__ import annotations
 
 import importlib
+from typing import Callable
 
 from login_pipeline.client import Input, Output, StartupError
 from login_pipeline.config import KAFKA_PYTHON, Config
@@ -18,11 +19,20 @@ _PACKAGES = {KAFKA_PYTHON: "requirements.txt", "confluent-kafka": "requirements-
 
 def connect(config: Config) -> tuple[Input, Output]:
     """Check both clusters and their topics, start the output, join the group; StartupError says why not."""
+    return _engine(config).connect(config)
+
+
+def probes(config: Config) -> dict[str, Callable[[], bool]]:
+    """For each cluster ("input", "output"), one bounded request (a couple of seconds at most) that
+    says whether it answers, using clients of its own: the readiness probe's view."""
+    return _engine(config).probes(config)
+
+
+def _engine(config: Config):
     try:
-        engine = importlib.import_module(_MODULES[config.kafka_client])
+        return importlib.import_module(_MODULES[config.kafka_client])
     except ModuleNotFoundError as missing:
         raise StartupError(
             f"KAFKA_CLIENT={config.kafka_client} needs the Python package {missing.name!r}: "
             f"pip install -r {_PACKAGES[config.kafka_client]}"
         ) from None
-    return engine.connect(config)

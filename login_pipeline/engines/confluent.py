@@ -12,14 +12,15 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from typing import Any, Optional, cast
+from typing import Any, Callable, Optional, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicCollection, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from login_pipeline.client import (
+    AssignHandler,
     BatchReport,
-    CommitFailureHandler,
+    CommitAnswerHandler,
     HandOver,
     InputRefused,
     InputUnavailable,
@@ -183,6 +184,32 @@ def check_topics(where: Access, security: dict, topics: list[str], needed: str) 
         return unknown_size_limits(topics, error)
 
 
+PROBE_TIMEOUT_S = 2.0
+
+
+def probes(config: Config) -> dict[str, Callable[[], bool]]:
+    security = client_security(config)
+    return {
+        "input": _topic_answers(config.input_bootstrap_servers, security, config.input_topic),
+        "output": _topic_answers(config.output_bootstrap_servers, security, config.output_topic),
+    }
+
+
+def _topic_answers(servers: tuple[str, ...], security: dict, topic: str) -> Callable[[], bool]:
+    """A probe: does the cluster return `topic`'s metadata within PROBE_TIMEOUT_S? One admin client, kept."""
+    settings: dict[str, Any] = {"bootstrap.servers": ",".join(servers), "logger": client_log, **security}
+    admin = AdminClient(settings)
+
+    def probe() -> bool:
+        try:
+            metadata = admin.list_topics(topic=topic, timeout=PROBE_TIMEOUT_S)
+        except KafkaException:
+            return False
+        return topic in metadata.topics and metadata.topics[topic].error is None
+
+    return probe
+
+
 class ConfluentInput:
     """login_pipeline.client.Input over confluent-kafka's Consumer."""
 
@@ -190,12 +217,19 @@ class ConfluentInput:
         self._topic = topic
         self._batch_size = batch_size
         self._on_revoke: RevokeHandler = _not_subscribed
-        self._on_commit_failure: CommitFailureHandler = _not_subscribed
+        self._on_commit_answer: CommitAnswerHandler = _not_subscribed
+        self._on_assign: AssignHandler = _not_subscribed
         self._consumer = Consumer({**settings, "on_commit": self._commit_answered})
 
-    def subscribe(self, on_revoke: RevokeHandler, on_commit_failure: CommitFailureHandler) -> None:
-        self._on_revoke, self._on_commit_failure = on_revoke, on_commit_failure
-        self._consumer.subscribe([self._topic], on_revoke=self._revoked, on_lost=self._lost)
+    def subscribe(
+        self, on_revoke: RevokeHandler, on_commit_answer: CommitAnswerHandler, on_assign: AssignHandler
+    ) -> None:
+        self._on_revoke, self._on_commit_answer, self._on_assign = on_revoke, on_commit_answer, on_assign
+        self._consumer.subscribe([self._topic], on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._lost)
+
+    def _assigned(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Returning without assign() lets the client apply this assignment as it is.
+        self._on_assign({Partition(tp.topic, tp.partition) for tp in partitions})
 
     def poll(self, timeout_s: float) -> list[Polled]:
         try:
@@ -262,12 +296,11 @@ class ConfluentInput:
         try:
             self._consumer.commit(offsets=_confluent_offsets(offsets), asynchronous=True)
         except KafkaException as error:
-            self._on_commit_failure(error.args[0].name())
+            self._on_commit_answer(error.args[0].name())
 
     def _commit_answered(self, error: Optional[KafkaError], partitions: list[TopicPartition]) -> None:
         failed = error.name() if error is not None else next((tp.error.name() for tp in partitions if tp.error), None)
-        if failed is not None:
-            self._on_commit_failure(failed)
+        self._on_commit_answer(failed)
 
     def commit(self, offsets: dict[Partition, int], timeout_s: float) -> bool:
         try:
@@ -280,15 +313,16 @@ class ConfluentInput:
     def assignment(self) -> set[Partition]:
         return {Partition(tp.topic, tp.partition) for tp in self._consumer.assignment()}
 
-    def lag(self, positions: dict[Partition, int]) -> Optional[int]:
-        lags = []
+    def lag(self, positions: dict[Partition, int]) -> Optional[dict[Partition, int]]:
+        lags = {}
         for tp in self._consumer.assignment():
             _, high = self._consumer.get_watermark_offsets(tp, cached=True)
-            position = positions.get(Partition(tp.topic, tp.partition))
+            partition = Partition(tp.topic, tp.partition)
+            position = positions.get(partition)
             if high is None or high < 0 or position is None:
                 return None
-            lags.append(max(high - position, 0))
-        return sum(lags) if lags else None
+            lags[partition] = max(high - position, 0)
+        return lags
 
     def close(self) -> None:
         self._consumer.close()  # revokes: the handler settles and commits what was acknowledged
@@ -467,6 +501,9 @@ class ConfluentOutput:
         if batch.failure is not None:
             return BatchReport(batch.failure, refused=batch.refused)
         return BatchReport(None, tuple(batch.rerouted))
+
+    def alive(self) -> bool:
+        return True  # in this process: it lives as long as the run loop
 
     def close(self) -> None:
         try:

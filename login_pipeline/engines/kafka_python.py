@@ -6,7 +6,7 @@ Why a child process for the producer: see login_pipeline.engines.kafka_python_ou
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from kafka import AsyncConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
@@ -14,7 +14,8 @@ from kafka.errors import CommitFailedError, KafkaError, RetriableError, for_code
 from kafka.structs import OffsetAndMetadata
 
 from login_pipeline.client import (
-    CommitFailureHandler,
+    AssignHandler,
+    CommitAnswerHandler,
     InputRefused,
     InputUnavailable,
     OutputGone,
@@ -50,6 +51,7 @@ def connect(config: Config) -> tuple[KafkaPythonInput, OutputProcess]:
             config.dlq_topic,
             ACK_TIMEOUT_S,
             size_limits,
+            config.log_format,
         )
     except OutputGone as error:
         raise StartupError(str(error)) from None
@@ -104,17 +106,53 @@ def producer_settings(servers) -> dict:
     )
 
 
+PROBE_TIMEOUT_MS = 2_000
+
+
+def probes(config: Config) -> dict[str, Callable[[], bool]]:
+    security = client_security(config)
+    return {
+        "input": _topic_answers(config.input_bootstrap_servers, security, config.input_topic),
+        "output": _topic_answers(config.output_bootstrap_servers, security, config.output_topic),
+    }
+
+
+def _topic_answers(servers: tuple[str, ...], security: dict, topic: str) -> Callable[[], bool]:
+    """A probe: does the cluster describe `topic` within PROBE_TIMEOUT_MS? One admin client, kept."""
+    admin: list[KafkaAdminClient] = []
+
+    def probe() -> bool:
+        try:
+            if not admin:
+                admin.append(
+                    KafkaAdminClient(
+                        bootstrap_servers=list(servers),
+                        bootstrap_timeout_ms=PROBE_TIMEOUT_MS,
+                        request_timeout_ms=PROBE_TIMEOUT_MS,
+                        client_id="login-processor-probe",
+                        **security,
+                    )
+                )
+            return admin[0].describe_topics([topic])[0]["error_code"] == 0
+        except KafkaError:
+            return False
+
+    return probe
+
+
 class KafkaPythonInput:
     """login_pipeline.client.Input over kafka-python's KafkaConsumer."""
 
     def __init__(self, consumer: KafkaConsumer, topic: str) -> None:
         self._consumer = consumer
         self._topic = topic
-        self._on_commit_failure: Optional[CommitFailureHandler] = None
+        self._on_commit_answer: Optional[CommitAnswerHandler] = None
 
-    def subscribe(self, on_revoke: RevokeHandler, on_commit_failure: CommitFailureHandler) -> None:
-        self._on_commit_failure = on_commit_failure
-        self._consumer.subscribe([self._topic], listener=_CommitBeforeRevoke(self._consumer, on_revoke))
+    def subscribe(
+        self, on_revoke: RevokeHandler, on_commit_answer: CommitAnswerHandler, on_assign: AssignHandler
+    ) -> None:
+        self._on_commit_answer = on_commit_answer
+        self._consumer.subscribe([self._topic], listener=_CommitBeforeRevoke(self._consumer, on_revoke, on_assign))
 
     def poll(self, timeout_s: float) -> list[Polled]:
         try:
@@ -140,8 +178,8 @@ class KafkaPythonInput:
         self._consumer.commit_async(_kafka_offsets(offsets), callback=self._commit_answered)
 
     def _commit_answered(self, _offsets, response) -> None:
-        if isinstance(response, Exception) and self._on_commit_failure is not None:
-            self._on_commit_failure(type(response).__name__)
+        if self._on_commit_answer is not None:
+            self._on_commit_answer(type(response).__name__ if isinstance(response, Exception) else None)
 
     def commit(self, offsets: dict[Partition, int], timeout_s: float) -> bool:
         try:
@@ -160,14 +198,15 @@ class KafkaPythonInput:
     def assignment(self) -> set[Partition]:
         return {Partition(tp.topic, tp.partition) for tp in self._consumer.assignment()}
 
-    def lag(self, positions: dict[Partition, int]) -> Optional[int]:
-        lags = []
+    def lag(self, positions: dict[Partition, int]) -> Optional[dict[Partition, int]]:
+        lags = {}
         for tp in self._consumer.assignment():
-            highwater, position = self._consumer.highwater(tp), positions.get(Partition(tp.topic, tp.partition))
+            partition = Partition(tp.topic, tp.partition)
+            highwater, position = self._consumer.highwater(tp), positions.get(partition)
             if highwater is None or position is None:
                 return None
-            lags.append(max(highwater - position, 0))
-        return sum(lags) if lags else None
+            lags[partition] = max(highwater - position, 0)
+        return lags
 
     def close(self) -> None:
         self._consumer.close(autocommit=False, timeout_ms=10_000)
@@ -181,9 +220,10 @@ class _CommitBeforeRevoke(AsyncConsumerRebalanceListener):
     awaiting it lets heartbeats go on meanwhile.
     """
 
-    def __init__(self, consumer: KafkaConsumer, on_revoke: RevokeHandler) -> None:
+    def __init__(self, consumer: KafkaConsumer, on_revoke: RevokeHandler, on_assign: AssignHandler) -> None:
         self._consumer = consumer
         self._on_revoke = on_revoke
+        self._on_assign = on_assign
 
     async def on_partitions_revoked(self, revoked) -> None:
         offsets = self._on_revoke({Partition(tp.topic, tp.partition) for tp in revoked})
@@ -199,7 +239,7 @@ class _CommitBeforeRevoke(AsyncConsumerRebalanceListener):
             )
 
     async def on_partitions_assigned(self, assigned) -> None:
-        pass
+        self._on_assign({Partition(tp.topic, tp.partition) for tp in assigned})
 
 
 def _kafka_offsets(offsets: dict[Partition, int]) -> dict[TopicPartition, OffsetAndMetadata]:

@@ -98,7 +98,13 @@ def murmur2(data: bytes) -> int:
 
 class OutputProcess:
     def __init__(
-        self, producer_settings: dict, output_topic: str, dlq_topic: str, timeout: float, size_limits: dict[str, int]
+        self,
+        producer_settings: dict,
+        output_topic: str,
+        dlq_topic: str,
+        timeout: float,
+        size_limits: dict[str, int],
+        log_format: str = "text",
     ) -> None:
         """Start the child; `size_limits` is each topic's largest record batch in bytes (max.message.bytes)."""
         self.size_limits = effective_limits(
@@ -110,7 +116,7 @@ class OutputProcess:
         self._timeout = timeout
         self._process = context.Process(
             target=_serve,
-            args=(child_end, producer_settings, output_topic, dlq_topic, self.size_limits),
+            args=(child_end, producer_settings, output_topic, dlq_topic, self.size_limits, log_format),
             name="login-output",
             daemon=True,
         )
@@ -145,6 +151,9 @@ class OutputProcess:
         except OSError as error:
             raise OutputGone(f"the output process is gone ({error})") from None
 
+    def alive(self) -> bool:
+        return self._process.is_alive()
+
     def close(self) -> None:
         try:
             self._connection.send(_CLOSE)
@@ -178,11 +187,16 @@ def _widen_send_buffer(connection: Connection) -> None:
 
 
 def _serve(
-    connection: Connection, settings: dict, output_topic: str, dlq_topic: str, size_limits: dict[str, int]
+    connection: Connection,
+    settings: dict,
+    output_topic: str,
+    dlq_topic: str,
+    size_limits: dict[str, int],
+    log_format: str,
 ) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    logs.configure()
+    logs.configure(log_format)
     try:
         producer = KafkaProducer(**settings)
     except Exception as error:  # reported to the parent, which stops with it

@@ -1,0 +1,199 @@
+"""/metrics, /livez and /readyz over HTTP, served from threads of their own (METRICS_PORT, METRICS_HOST).
+
+- `/metrics`: the Prometheus text format, prometheus_client's exposition of the pipeline's registry.
+- `/livez`: 200 while the run loop comes round within LIVENESS_TIMEOUT_S; else 503, for Kubernetes
+  to restart a process that is stuck. Waiting for a cluster is not stuck: the loop's own waits are
+  bounded below that timeout.
+- `/readyz`: 200 only when both clusters answered a probe within READY_WINDOW_S, the member holds
+  its assignment (possibly none, in a group with more members than partitions) and the output is
+  alive; else 503 with what is missing, one reason a line.
+
+Nothing else is served: other paths 404, other methods 405. A request must arrive whole within
+REQUEST_TIMEOUT_S, and at most MAX_CONNECTIONS are served at once (more are closed with 503), so a
+port scan or a slow client cannot pile up threads or starve the probes. Bodies never hold input
+data or secrets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable, NamedTuple
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+log = logging.getLogger(__name__)
+
+PROBE_INTERVAL_S = 2.0
+READY_WINDOW_S = 5.0  # a cluster counts as answering for this long after its last answer
+REQUEST_TIMEOUT_S = 5.0
+MAX_CONNECTIONS = 64
+
+ClusterProbe = Callable[[], bool]  # one bounded request to a cluster: True when it answered
+
+
+class Verdict(NamedTuple):
+    ok: bool
+    reasons: tuple[str, ...] = ()  # why not, one short line each
+
+
+class ClusterWatch:
+    """Asks each cluster every PROBE_INTERVAL_S, on a thread of its own, whether it answers."""
+
+    def __init__(self, probes: dict[str, ClusterProbe], clock: Callable[[], float] = time.monotonic) -> None:
+        self._probes = probes
+        self._clock = clock
+        self._answered: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="cluster-watch", daemon=True)
+
+    def start(self) -> ClusterWatch:
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            for name, probe in self._probes.items():
+                try:
+                    answered = probe()
+                except Exception:  # a probe must never end the watch; not answering is the verdict
+                    answered = False
+                if answered:
+                    self._answered[name] = self._clock()
+            self._stop.wait(PROBE_INTERVAL_S)
+
+    def silent(self) -> list[str]:
+        """The clusters that have not answered within READY_WINDOW_S."""
+        now = self._clock()
+        return [name for name in self._probes if now - self._answered.get(name, -READY_WINDOW_S - 1) > READY_WINDOW_S]
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=PROBE_INTERVAL_S + 5)
+
+
+class StatusServer:
+    """The HTTP endpoints; `live` and `ready` are asked on every probe and must not block."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        registry: CollectorRegistry,
+        live: Callable[[], Verdict],
+        ready: Callable[[], Verdict],
+    ) -> None:
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        handler = _handler(registry, {"/livez": live, "/readyz": ready}, self._slots)
+        self._server = _Server((host, port), handler)
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="status-server", daemon=True)
+
+    def start(self) -> StatusServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def _handler(registry: CollectorRegistry, probes: dict[str, Callable[[], Verdict]], slots: threading.BoundedSemaphore):
+    class Handler(BaseHTTPRequestHandler):
+        timeout = REQUEST_TIMEOUT_S  # the socket's: a request that does not arrive whole in time is dropped
+        server_version = "login-processor"
+        sys_version = ""
+
+        def handle(self) -> None:
+            if not slots.acquire(blocking=False):
+                with contextlib.suppress(OSError):
+                    self.wfile.write(b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+                return
+            try:
+                super().handle()
+            finally:
+                slots.release()
+
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._reply(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+            elif path in probes:
+                verdict = probes[path]()
+                body = "ok\n" if verdict.ok else "".join(f"{reason}\n" for reason in verdict.reasons)
+                self._reply(200 if verdict.ok else 503, body.encode(), "text/plain; charset=utf-8")
+            else:
+                self._reply(404, b"not found: try /metrics, /livez or /readyz\n", "text/plain; charset=utf-8")
+
+        def do_HEAD(self) -> None:
+            self.do_GET()
+
+        def _reply(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+            # The standard page echoes parts of the request; a bare status line says enough.
+            with contextlib.suppress(OSError):
+                self._reply(code, b"", "text/plain; charset=utf-8")
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass  # scrapes every few seconds would drown the operational log
+
+    for method in ("POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"):
+        setattr(Handler, f"do_{method}", lambda self: self._reply(405, b"", "text/plain; charset=utf-8"))
+    return Handler
+
+
+@contextlib.contextmanager
+def serving(
+    host: str,
+    port: int,
+    registry: CollectorRegistry,
+    live: Callable[[], Verdict],
+    ready: Callable[[list[str]], Verdict],
+    probes: Callable[[], dict[str, ClusterProbe]],
+) -> Iterator[StatusServer | None]:
+    """Serve for the duration; with port 0, or a port already taken, nothing is served (a warning says so).
+
+    `ready` is given the clusters that do not answer; `probes` makes the cluster probes, only when serving.
+    """
+    if port == 0:
+        yield None
+        return
+    watch = ClusterWatch(probes())
+    try:
+        server = StatusServer(host, port, registry, live, lambda: ready(watch.silent()))
+    except OSError as error:
+        log.warning(
+            "cannot serve /metrics, /livez and /readyz on %s:%d (%s); running without them (set METRICS_PORT)",
+            host,
+            port,
+            error.strerror or type(error).__name__,
+        )
+        yield None
+        return
+    watch.start()
+    server.start()
+    log.info("serving /metrics, /livez and /readyz on http://%s:%d", host, server.port)
+    try:
+        yield server
+    finally:
+        server.stop()
+        watch.stop()
