@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -107,6 +108,15 @@ class StatusServer:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # Listen backlog: a burst of connections is taken and answered (served, or 503 past
+    # MAX_CONNECTIONS), not left half-open in the kernel's queue.
+    request_queue_size = 2 * MAX_CONNECTIONS
+
+    def handle_error(self, request, client_address) -> None:
+        # A client hanging up mid-answer is its own business; anything else is ours, said in one line.
+        error = sys.exc_info()[1]
+        if not isinstance(error, (ConnectionError, TimeoutError)):
+            log.warning("answering an HTTP request failed: %s", type(error).__name__)
 
 
 def _handler(registry: CollectorRegistry, probes: dict[str, Callable[[], Verdict]], slots: threading.BoundedSemaphore):

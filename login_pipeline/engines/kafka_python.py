@@ -118,7 +118,12 @@ def probes(config: Config) -> dict[str, Callable[[], bool]]:
 
 
 def _topic_answers(servers: tuple[str, ...], security: dict, topic: str) -> Callable[[], bool]:
-    """A probe: does the cluster describe `topic` within PROBE_TIMEOUT_MS? One admin client, kept."""
+    """A probe: does the cluster describe `topic` within PROBE_TIMEOUT_MS?
+
+    The admin client is kept while the cluster answers and dropped when it does not: a fresh one
+    bootstraps at once when the cluster is back, where a kept one would wait out its growing
+    reconnect backoff (measured: over 10 s after a broker restart).
+    """
     admin: list[KafkaAdminClient] = []
 
     def probe() -> bool:
@@ -135,6 +140,8 @@ def _topic_answers(servers: tuple[str, ...], security: dict, topic: str) -> Call
                 )
             return admin[0].describe_topics([topic])[0]["error_code"] == 0
         except KafkaError:
+            if admin:
+                admin.pop().close()
             return False
 
     return probe

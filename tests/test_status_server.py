@@ -1,0 +1,194 @@
+"""/metrics, /livez and /readyz: plain semantics, and no request of any shape takes them down.
+
+The run loop here runs against the in-memory fakes (tests/fakes.py); the server is real, on a free
+port, and is spoken to with raw sockets where a well-behaved client would not do what an attacker does.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import logging
+import socket
+import threading
+import time
+
+import pytest
+
+from local_kafka.brokers import free_ports
+from login_pipeline import logs
+from login_pipeline.config import load
+from login_pipeline.runner import Pipeline, StopRequest
+from login_pipeline.status_server import MAX_CONNECTIONS, REQUEST_TIMEOUT_S, StatusServer, Verdict
+from tests.fakes import FakeInput, FakeOutput
+from tests.test_pipeline import process, records
+
+
+def get(port: int, path: str, method: str = "GET") -> tuple[int, bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request(method, path)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+class BlockingInput(FakeInput):
+    """An input whose poll can be made to hang (`stuck`) until `release`: a run loop stuck on purpose."""
+
+    def __init__(self, output: FakeOutput) -> None:
+        super().__init__(output, {0: records(0, 5)})
+        self.stuck = threading.Event()
+        self.release = threading.Event()
+
+    def poll(self, timeout_s: float):
+        if self.stuck.is_set():
+            self.release.wait(30)
+            self.stuck.clear()
+        time.sleep(0.02)  # as a real poll waits when nothing arrives
+        return super().poll(timeout_s)
+
+
+@pytest.fixture
+def running_pipeline():
+    output = FakeOutput()
+    source = BlockingInput(output)
+    stop = StopRequest()
+    config = load([], "test", environ={"LIVENESS_TIMEOUT_S": "1", "METRICS_PORT": "0"})
+    pipeline = Pipeline(config, process, source, output, stop, out=io.StringIO())
+    thread = threading.Thread(target=pipeline.run, daemon=True)
+    thread.start()
+    yield pipeline, source, output
+    stop.request()
+    source.release.set()
+    thread.join(10)
+
+
+@pytest.fixture
+def server(running_pipeline):
+    pipeline, _, _ = running_pipeline
+    silent: list[str] = []
+    status = StatusServer(
+        "127.0.0.1", free_ports(1)[0], pipeline.metrics.registry, pipeline.liveness, lambda: pipeline.readiness(silent)
+    ).start()
+    status.silent = silent  # type: ignore[attr-defined]
+    yield status
+    status.stop()
+
+
+def test_livez_answers_503_once_the_run_loop_is_stuck_longer_than_the_liveness_timeout(server, running_pipeline):
+    pipeline, source, _ = running_pipeline
+    time.sleep(0.3)
+    assert get(server.port, "/livez") == (200, b"ok\n")
+    source.stuck.set()
+    time.sleep(1.5)  # the loop sits in poll, never coming round
+    status, body = get(server.port, "/livez")
+    assert status == 503 and b"the run loop has not come round for" in body
+    source.release.set()
+    time.sleep(0.5)
+    assert get(server.port, "/livez")[0] == 200
+
+
+def test_readyz_says_what_is_missing(server, running_pipeline):
+    pipeline, _, output = running_pipeline
+    time.sleep(0.3)
+    assert get(server.port, "/readyz") == (200, b"ok\n")  # joined (the fake assigns at its first poll)
+    server.silent.append("output")
+    output.dead = True
+    status, body = get(server.port, "/readyz")
+    assert status == 503
+    assert body.decode().splitlines() == ["the output cluster does not answer", "the output is gone"]
+    server.silent.clear()
+    output.dead = False
+    pipeline.joined = False
+    assert get(server.port, "/readyz") == (503, b"not a member of the consumer group (joining or rebalancing)\n")
+
+
+def test_metrics_are_the_prometheus_text_format(server):
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    connection.request("GET", "/metrics")
+    response = connection.getresponse()
+    body = response.read().decode()
+    connection.close()
+    assert response.status == 200
+    assert response.getheader("Content-Type").startswith("text/plain; version=")
+    assert "# TYPE login_processor_messages_consumed_total counter" in body
+    assert "login_processor_build_info{" in body
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/", 404),
+        ("GET", "/metrics/../etc/passwd", 404),
+        ("GET", "/livez?verbose=1", 200),
+        ("POST", "/metrics", 405),
+        ("DELETE", "/readyz", 405),
+        ("HEAD", "/livez", 200),
+    ],
+)
+def test_only_get_and_head_of_the_three_paths_are_served(server, method, path, status):
+    answered, body = get(server.port, path, method)
+    assert answered == status
+    if method == "HEAD":
+        assert body == b""
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(200),  # a TLS client hello
+        b"GET /" + b"A" * 70_000 + b" HTTP/1.1\r\n\r\n",  # a request line past the limit
+        b"GET /livez HTTP/1.1\r\n" + b"X-Header: y\r\n" * 200 + b"\r\n",  # too many headers
+        b"\x00\xff\xfe garbage \r\n\r\n",
+        b"GET /livez HTTP/9.9\r\n\r\n",
+        b"GET /\x1b[31mred HTTP/1.0\r\n\r\n",
+    ],
+)
+def test_malformed_requests_get_an_error_status_and_the_server_goes_on(server, request_bytes):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+        raw.sendall(request_bytes)
+        answer = raw.recv(4096)
+    assert answer == b"" or answer.startswith(b"HTTP/")
+    assert b"\x1b" not in answer and b"AAAA" not in answer  # the request is never echoed
+    assert get(server.port, "/livez")[0] == 200
+
+
+@pytest.mark.slow  # waits out the request timeout
+def test_slow_clients_holding_every_connection_get_no_thread_and_the_probes_return_after_them(server):
+    held = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(MAX_CONNECTIONS + 10)]
+    try:
+        for sock in held:
+            sock.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\n")  # never finished
+        time.sleep(0.5)
+        began = time.monotonic()
+        status, _ = get(server.port, "/livez")
+        assert status == 503 and time.monotonic() - began < 2  # refused at once, not queued
+        time.sleep(REQUEST_TIMEOUT_S + 1)  # the slow ones are dropped after the request timeout
+        assert get(server.port, "/livez")[0] == 200
+        assert threading.active_count() < 40
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_a_verdict_without_reasons_is_ok():
+    assert Verdict(True).ok and Verdict(False, ("x",)).reasons == ("x",)
+
+
+def test_json_logs_are_one_object_a_line_with_the_record_coordinates(capsys):
+    logs.configure("json")
+    try:
+        logging.getLogger("login_pipeline.test").error(
+            "process_message raised %s", "KeyError", extra={"topic": "user-login", "partition": 2, "offset": 41}
+        )
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+    finally:
+        logs.configure("text")
+    entry = json.loads(line)
+    assert entry["level"] == "ERROR" and entry["logger"] == "login_pipeline.test"
+    assert entry["message"] == "process_message raised KeyError"
+    assert (entry["topic"], entry["partition"], entry["offset"]) == ("user-login", 2, 41)
+    assert entry["time"].endswith("+00:00")
