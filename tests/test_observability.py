@@ -124,6 +124,7 @@ def test_readyz_follows_the_output_cluster_away_and_back_while_livez_holds(kafka
             time.sleep(0.25)
         returned_after = time.monotonic() - back
         print(
-            f"\n[readiness {engine}] 503 {unready_after:.1f} s after the stop, 200 {returned_after:.1f} s after the return"
+            f"\n[readiness {engine}] 503 {unready_after:.1f} s after the stop, "
+            f"200 {returned_after:.1f} s after the return"
         )
         assert processor.stop() == 0
