@@ -9,7 +9,8 @@ one Markdown table. Every figure is a ratio or a distribution measured in this r
   (start-up excluded). Contenders alternate, the median of --runs is reported. Contenders: the
   processor with each engine, each client's tuned passthrough (bench/baselines.py), Quix Streams
   at-least-once applying the same process_message (bench/quix_app.py, in its own virtualenv), and
-  the naive design.
+  the naive design. The processor runs with its metrics endpoint off (METRICS_PORT=0), and again
+  with it on and scraped every second (15 times Prometheus' default rate): the cost of metrics.
 - latency: events fed at a steady 1,000/s into a LogAppendTime topic; end-to-end = output receipt
   time minus the input record's append time; p50 and p99; per engine.
 - memory: 1,000,000 events whose users, IPs and devices are all distinct; RSS of the processor (and
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import NamedTuple
 
@@ -47,14 +49,36 @@ QUIX_VERSION = "3.28.1"
 QUIX_VENV = brokers.STATE_DIR / "bench-quix"
 
 
+SCRAPE_INTERVAL_S = 1.0
+
+
 class Contender(NamedTuple):
     name: str
     command: list[str]
     env: dict[str, str]
+    scraped_port: int = 0  # with a port: /metrics there is scraped every SCRAPE_INTERVAL_S while it runs
 
 
 def processor(engine: str) -> Contender:
-    return Contender(f"processor ({engine})", PROCESSOR, {"KAFKA_CLIENT": engine})
+    return Contender(f"processor ({engine})", PROCESSOR, {"KAFKA_CLIENT": engine, "METRICS_PORT": "0"})
+
+
+def scraped_processor(engine: str) -> Contender:
+    port = brokers.free_ports(1)[0]
+    return Contender(
+        f"processor ({engine}), metrics", PROCESSOR, {"KAFKA_CLIENT": engine, "METRICS_PORT": str(port)}, port
+    )
+
+
+def scrape_until(port: int, done: threading.Event) -> None:
+    """Fetch /metrics every SCRAPE_INTERVAL_S until `done`, as Prometheus would (connection errors while
+    the processor starts are ignored)."""
+    while not done.wait(SCRAPE_INTERVAL_S):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+                response.read()
+        except OSError:
+            pass
 
 
 def baseline(name: str) -> Contender:
@@ -143,6 +167,10 @@ class Bench:
         output, dlq, group = self.fresh_outputs(partitions)
         env = self.env(input_topic, output, dlq, group)
         processes = [self.start(contender, env, f"{contender.name}-{n}") for n, contender in enumerate(contenders)]
+        done = threading.Event()
+        for contender in contenders:
+            if contender.scraped_port:
+                threading.Thread(target=scrape_until, args=(contender.scraped_port, done), daemon=True).start()
         try:
             deadline = time.monotonic() + timeout
             first_at = first_count = None
@@ -161,6 +189,7 @@ class Bench:
                     )
                 time.sleep(0.05)
         finally:
+            done.set()
             stop(processes)
 
 
@@ -181,6 +210,8 @@ def throughput(bench: Bench, events: int, runs: int, naive_events: int) -> dict[
     contenders = [
         (processor("kafka-python"), events),
         (processor("confluent-kafka"), events),
+        (scraped_processor("kafka-python"), events),
+        (scraped_processor("confluent-kafka"), events),
         (baseline("kafka-python-passthrough"), events),
         (baseline("confluent-passthrough"), events),
         (quix_streams(), events),
@@ -307,6 +338,7 @@ def main() -> int:
     parser.add_argument("--naive-events", type=int, default=5_000, help="the naive design drains only this many")
     parser.add_argument("--memory-events", type=int, default=1_000_000, help="distinct-user events for memory")
     parser.add_argument("--latency-seconds", type=int, default=20, help="duration of the 1,000 msg/s feed")
+    parser.add_argument("--throughput-only", action="store_true", help="the throughput table alone")
     args = parser.parse_args()
 
     state = brokers.STATE_DIR / "bench"
@@ -320,9 +352,10 @@ def main() -> int:
         rates = throughput(one_cluster, args.events, args.runs, args.naive_events)
         bench = Bench(pair, state)
         per_engine = {}
-        memory_topic = bench.preload(args.memory_events, 3, FeedProfile.clean())
-        scaling_topic = bench.preload(args.events, 3, FeedProfile.clean())
-        for engine in ENGINES:
+        memory_topic = scaling_topic = ""
+        for engine in () if args.throughput_only else ENGINES:
+            memory_topic = memory_topic or bench.preload(args.memory_events, 3, FeedProfile.clean())
+            scaling_topic = scaling_topic or bench.preload(args.events, 3, FeedProfile.clean())
             print(f"  measuring latency, memory and scaling with {engine}", file=sys.stderr)
             per_engine[engine] = (
                 latency(bench, engine, 1000, args.latency_seconds),
@@ -340,33 +373,45 @@ def main() -> int:
         return rates[a] / rates[b]
 
     kp, ck = "processor (kafka-python)", "processor (confluent-kafka)"
-    rows = [(name, f"{rate:,.0f} msg/s", "", "") for name, rate in rates.items()] + [
-        (
-            "confluent-kafka engine / Quix Streams",
-            f"{ratio(ck, 'Quix Streams'):.2f}x",
-            ">= 2.0x",
-            ok(ratio(ck, "Quix Streams") >= 2.0),
-        ),
-        (
-            "confluent-kafka engine / confluent passthrough",
-            f"{ratio(ck, 'confluent-passthrough'):.2f}",
-            ">= 0.65",
-            ok(ratio(ck, "confluent-passthrough") >= 0.65),
-        ),
-        (
-            "kafka-python engine / Quix Streams",
-            f"{ratio(kp, 'Quix Streams'):.2f}x",
-            ">= 1.0x",
-            ok(ratio(kp, "Quix Streams") >= 1.0),
-        ),
-        (
-            "kafka-python engine / kafka-python passthrough",
-            f"{ratio(kp, 'kafka-python-passthrough'):.2f}",
-            ">= 0.8",
-            ok(ratio(kp, "kafka-python-passthrough") >= 0.8),
-        ),
-        ("kafka-python engine / naive", f"{ratio(kp, 'naive'):.1f}x", "", ""),
-    ]
+    rows = (
+        [(name, f"{rate:,.0f} msg/s", "", "") for name, rate in rates.items()]
+        + [
+            (
+                "confluent-kafka engine / Quix Streams",
+                f"{ratio(ck, 'Quix Streams'):.2f}x",
+                ">= 2.0x",
+                ok(ratio(ck, "Quix Streams") >= 2.0),
+            ),
+            (
+                "confluent-kafka engine / confluent passthrough",
+                f"{ratio(ck, 'confluent-passthrough'):.2f}",
+                ">= 0.65",
+                ok(ratio(ck, "confluent-passthrough") >= 0.65),
+            ),
+            (
+                "kafka-python engine / Quix Streams",
+                f"{ratio(kp, 'Quix Streams'):.2f}x",
+                ">= 1.0x",
+                ok(ratio(kp, "Quix Streams") >= 1.0),
+            ),
+            (
+                "kafka-python engine / kafka-python passthrough",
+                f"{ratio(kp, 'kafka-python-passthrough'):.2f}",
+                ">= 0.8",
+                ok(ratio(kp, "kafka-python-passthrough") >= 0.8),
+            ),
+            ("kafka-python engine / naive", f"{ratio(kp, 'naive'):.1f}x", "", ""),
+        ]
+        + [
+            (
+                f"{engine} engine: metrics on and scraped every second / off",
+                f"{ratio(f'processor ({engine}), metrics', f'processor ({engine})'):.2f}",
+                ">= 0.95",
+                ok(ratio(f"processor ({engine}), metrics", f"processor ({engine})") >= 0.95),
+            )
+            for engine in ENGINES
+        ]
+    )
     for engine, ((p50, p99), (at20, at100, peak), drains) in per_engine.items():
         rows += [
             (
