@@ -25,8 +25,10 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, NamedTuple
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from login_pipeline.metrics import PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +192,13 @@ def serving(
     watch = ClusterWatch(probes())
     try:
         server = StatusServer(host, port, registry, live, lambda: ready(watch.silent()))
+        # The same verdicts as the probes, for alerting rules (Prometheus cannot call /readyz itself).
+        Gauge(f"{PREFIX}_ready", "1 while /readyz answers 200, else 0.", registry=registry).set_function(
+            lambda: float(ready(watch.silent()).ok)
+        )
+        Gauge(f"{PREFIX}_live", "1 while /livez answers 200, else 0.", registry=registry).set_function(
+            lambda: float(live().ok)
+        )
     except OSError as error:
         log.warning(
             "cannot serve /metrics, /livez and /readyz on %s:%d (%s); running without them (set METRICS_PORT)",

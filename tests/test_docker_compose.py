@@ -98,7 +98,14 @@ def test_long_running_services_restart_have_memory_limits_and_named_volumes():
     for name in ("zookeeper", "kafka-input", "kafka-output", "data-generator", "processor"):
         assert SERVICES[name]["restart"] in ("unless-stopped", "on-failure"), name
         assert SERVICES[name]["mem_limit"], name
-    assert set(COMPOSE["volumes"]) == {"zookeeper-data", "zookeeper-log", "kafka-input-data", "kafka-output-data"}
+    assert set(COMPOSE["volumes"]) == {
+        "zookeeper-data",
+        "zookeeper-log",
+        "kafka-input-data",
+        "kafka-output-data",
+        "prometheus-data",
+        "grafana-data",
+    }
     assert "kafka-input-data:/var/lib/kafka/data" in SERVICES["kafka-input"]["volumes"]
     assert "kafka-output-data:/var/lib/kafka/data" in SERVICES["kafka-output"]["volumes"]
 
