@@ -182,6 +182,11 @@ def test_a_missing_topic_stops_with_one_clear_line_and_exit_1(kafka, engine, tmp
         ("DLQ_TOPIC", "processed-logins", "OUTPUT_TOPIC and DLQ_TOPIC must differ"),
         ("PII_HASH_KEY", "short", "PII_HASH_KEY must be at least 16 bytes"),
         ("SECURITY_PROTOCOL", "TLS", "SECURITY_PROTOCOL='TLS' is not one of"),
+        ("METRICS_PORT", "70000", "METRICS_PORT='70000' must be a port number from 0 (off) to 65535"),
+        ("METRICS_PORT", "-1", "METRICS_PORT='-1' must be a port number"),
+        ("METRICS_HOST", "0.0.0.0; rm -rf /", "METRICS_HOST='0.0.0.0; rm -rf /' is not a host name or an IP address"),
+        ("LIVENESS_TIMEOUT_S", "0", "LIVENESS_TIMEOUT_S='0' must be a whole number from 1 to 86,400"),
+        ("LOG_FORMAT", "xml", "LOG_FORMAT='xml' is not one of text, json"),
     ],
 )
 def test_bad_config_stops_with_one_line_and_exit_2_before_connecting(setting, value, complaint, tmp_path):

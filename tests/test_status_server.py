@@ -19,8 +19,10 @@ import pytest
 from local_kafka.brokers import free_ports
 from login_pipeline import logs
 from login_pipeline.config import load
+from login_pipeline.insights import Insights
+from login_pipeline.metrics import PipelineMetrics
 from login_pipeline.runner import Pipeline, StopRequest
-from login_pipeline.status_server import MAX_CONNECTIONS, REQUEST_TIMEOUT_S, StatusServer, Verdict
+from login_pipeline.status_server import MAX_CONNECTIONS, REQUEST_TIMEOUT_S, StatusServer, Verdict, serving
 from tests.fakes import FakeInput, FakeOutput
 from tests.test_pipeline import process, records
 
@@ -192,3 +194,23 @@ def test_json_logs_are_one_object_a_line_with_the_record_coordinates(capsys):
     assert entry["message"] == "process_message raised KeyError"
     assert (entry["topic"], entry["partition"], entry["offset"]) == ("user-login", 2, 41)
     assert entry["time"].endswith("+00:00")
+
+
+def test_a_taken_port_warns_once_and_the_processor_runs_without_the_endpoints(caplog):
+    registry = PipelineMetrics(load([], "test", environ={}), Insights()).registry
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with serving("127.0.0.1", port, registry, lambda: Verdict(True), lambda silent: Verdict(True), dict) as server:
+            assert server is None
+    assert "cannot serve /metrics, /livez and /readyz on 127.0.0.1:" in caplog.text and "METRICS_PORT" in caplog.text
+
+
+def test_port_0_serves_nothing_and_probes_no_cluster():
+    def probes():
+        raise AssertionError("no probe is made when nothing is served")
+
+    registry = PipelineMetrics(load([], "test", environ={}), Insights()).registry
+    with serving("127.0.0.1", 0, registry, lambda: Verdict(True), lambda silent: Verdict(True), probes) as server:
+        assert server is None
