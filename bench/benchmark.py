@@ -21,6 +21,7 @@ one Markdown table. Every figure is a ratio or a distribution measured in this r
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import platform
 import shutil
@@ -88,7 +89,9 @@ def baseline(name: str) -> Contender:
 def quix_streams() -> Contender:
     """Quix Streams in a virtualenv of its own (made once), so its dependencies never meet the processor's."""
     python = QUIX_VENV / "bin" / "python"
-    stamp = QUIX_VENV / f".quixstreams-{QUIX_VERSION}"
+    # Made again when Quix's version or the processor's requirements change (it imports process_message).
+    requirements = hashlib.sha256((PROJECT_DIR / "requirements.txt").read_bytes()).hexdigest()[:12]
+    stamp = QUIX_VENV / f".quixstreams-{QUIX_VERSION}-{requirements}"
     if not stamp.exists():
         print(f"  installing Quix Streams {QUIX_VERSION} into {QUIX_VENV} (once)", file=sys.stderr)
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(QUIX_VENV)], check=True, timeout=300)
