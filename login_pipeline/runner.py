@@ -220,7 +220,6 @@ class Pipeline:
                     failures = 0
                     self._commit_in_background()
             except DeliveryFailed:
-                metrics.delivery_failures.inc()
                 failures += 1
                 backoff = min(MAX_BACKOFF_S, 0.5 * 2**failures)
                 log.error(
@@ -317,6 +316,7 @@ class Pipeline:
                 # Retrying cannot help, and going on would commit nothing anyway: stop, with one line.
                 raise OutputGone(f"the output cluster refused to take the batch ({report.failure})")
             if report.failure:
+                self.metrics.delivery_failures.inc()
                 log.error("the output cluster did not acknowledge the batch: %s", report.failure)
                 assigned = self._input.assignment()
                 for partition, offset in offsets.rewind_from(batch).items():

@@ -292,3 +292,23 @@ def test_the_specification_catches_a_commit_made_before_acknowledgement(monkeypa
     assert tested.run() == 0
     with pytest.raises(AssertionError):
         assert_commits_follow_acknowledgements(source)
+
+
+def test_metrics_count_consumed_acknowledged_and_dead_lettered_records_and_rebalances():
+    output = FakeOutput(fail_batches={1})
+    source = FakeInput(output, {0: records(0, 8) + [(None, b"not json")], 1: records(1, 4)}, batch_size=4)
+    source.revoke_at = {3}
+    tested = pipeline(source, output)
+    assert tested.run() == 0
+    sample = tested.metrics.registry.get_sample_value
+    assert sample("login_processor_messages_consumed_total") >= 13  # a failed batch is polled again
+    assert sample("login_processor_records_acknowledged_total", {"topic": "output"}) == 12
+    assert sample("login_processor_records_acknowledged_total", {"topic": "dlq"}) == 1
+    assert sample("login_processor_messages_processed_total", {"outcome": "valid"}) == 12
+    assert sample("login_processor_dead_letters_total", {"reason": "malformed_json"}) == 1
+    assert sample("login_processor_delivery_failures_total") == 1
+    assert sample("login_processor_rebalances_total") >= 2  # the scheduled revoke, and the close
+    assert sample("login_processor_batches_in_flight") == 0
+    assert sample("login_processor_last_commit_timestamp_seconds") == NOW  # the test's clock
+    assert sample("login_processor_event_delay_seconds_count") == 12
+    assert sample("login_processor_consumer_lag_records", {"partition": "0"}) == 0
