@@ -98,6 +98,16 @@ def test_the_counters_equal_what_was_sent_and_lag_returns_to_zero(kafka, engine,
     assert dict(info[0])["engine"] == engine and dict(info[0])["consumer_group"] == topics.group
 
 
+def readyz_turns(port: int, wanted: int, failure: str) -> float:
+    """Seconds until /readyz answers `wanted` (at most PROBE_BOUND_S), /livez answering 200 all along."""
+    since = time.monotonic()
+    while status(port, "/readyz") != wanted:
+        assert time.monotonic() - since < PROBE_BOUND_S, failure
+        assert status(port, "/livez") == 200
+        time.sleep(0.25)
+    return time.monotonic() - since
+
+
 def test_readyz_follows_the_output_cluster_away_and_back_while_livez_holds(kafka, engine, tmp_path):
     topics = Topics.create(kafka)
     produce(kafka.input, topics.input, [event.value for event, _ in zip(generate(32, FeedProfile()), range(500))])
@@ -106,25 +116,14 @@ def test_readyz_follows_the_output_cluster_away_and_back_while_livez_holds(kafka
         wait_until(lambda: status(port, "/readyz") == 200, timeout=60, message="ready")
         brokers.stop(kafka.output)
         try:
-            stopped = time.monotonic()
-            while status(port, "/readyz") != 503:
-                assert time.monotonic() - stopped < PROBE_BOUND_S, "still ready with the output cluster gone"
-                assert status(port, "/livez") == 200
-                time.sleep(0.25)
-            unready_after = time.monotonic() - stopped
+            unready_after = readyz_turns(port, 503, "still ready with the output cluster gone")
             for _ in range(8):  # and it stays live while the cluster is away
                 assert status(port, "/livez") == 200
                 time.sleep(0.25)
         finally:
             brokers.up((kafka.output,))
-        back = time.monotonic()
-        while status(port, "/readyz") != 200:
-            assert time.monotonic() - back < PROBE_BOUND_S, "not ready again after the output cluster returned"
-            assert status(port, "/livez") == 200
-            time.sleep(0.25)
-        returned_after = time.monotonic() - back
+        ready_after = readyz_turns(port, 200, "not ready again after the output cluster returned")
         print(
-            f"\n[readiness {engine}] 503 {unready_after:.1f} s after the stop, "
-            f"200 {returned_after:.1f} s after the return"
+            f"\n[readiness {engine}] 503 {unready_after:.1f} s after the stop, 200 {ready_after:.1f} s after the return"
         )
         assert processor.stop() == 0

@@ -25,7 +25,12 @@ def connect(config: Config) -> tuple[Input, Output]:
 def probes(config: Config) -> dict[str, Callable[[], bool]]:
     """For each cluster ("input", "output"), one bounded request (a couple of seconds at most) that
     says whether it answers, using clients of its own: the readiness probe's view."""
-    return _engine(config).probes(config)
+    engine = _engine(config)
+    security = engine.client_security(config)
+    return {
+        "input": engine.topic_probe(config.input_bootstrap_servers, security, config.input_topic),
+        "output": engine.topic_probe(config.output_bootstrap_servers, security, config.output_topic),
+    }
 
 
 def _engine(config: Config):

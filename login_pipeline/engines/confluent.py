@@ -187,15 +187,7 @@ def check_topics(where: Access, security: dict, topics: list[str], needed: str) 
 PROBE_TIMEOUT_S = 2.0
 
 
-def probes(config: Config) -> dict[str, Callable[[], bool]]:
-    security = client_security(config)
-    return {
-        "input": _topic_answers(config.input_bootstrap_servers, security, config.input_topic),
-        "output": _topic_answers(config.output_bootstrap_servers, security, config.output_topic),
-    }
-
-
-def _topic_answers(servers: tuple[str, ...], security: dict, topic: str) -> Callable[[], bool]:
+def topic_probe(servers: tuple[str, ...], security: dict, topic: str) -> Callable[[], bool]:
     """A probe: does the cluster return `topic`'s metadata within PROBE_TIMEOUT_S? One admin client, kept."""
     settings: dict[str, Any] = {"bootstrap.servers": ",".join(servers), "logger": client_log, **security}
     admin = AdminClient(settings)

@@ -109,15 +109,7 @@ def producer_settings(servers) -> dict:
 PROBE_TIMEOUT_MS = 2_000
 
 
-def probes(config: Config) -> dict[str, Callable[[], bool]]:
-    security = client_security(config)
-    return {
-        "input": _topic_answers(config.input_bootstrap_servers, security, config.input_topic),
-        "output": _topic_answers(config.output_bootstrap_servers, security, config.output_topic),
-    }
-
-
-def _topic_answers(servers: tuple[str, ...], security: dict, topic: str) -> Callable[[], bool]:
+def topic_probe(servers: tuple[str, ...], security: dict, topic: str) -> Callable[[], bool]:
     """A probe: does the cluster describe `topic` within PROBE_TIMEOUT_MS?
 
     The admin client is kept while the cluster answers and dropped when it does not: a fresh one
