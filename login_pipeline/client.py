@@ -67,6 +67,8 @@ class BatchReport(NamedTuple):
     rerouted: tuple[Rerouted, ...] = ()
     # The output cluster refused us, not the record (authorization, authentication): no retry can succeed.
     refused: bool = False
+    # Producers the output replaced after a fatal error since its previous report (an operator's signal).
+    producer_restarts: int = 0
 
 
 # Called before partitions are revoked, with them; returns the offsets (next to read) to commit first.

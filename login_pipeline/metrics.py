@@ -94,6 +94,11 @@ class PipelineMetrics:
             "Batches the output cluster did not acknowledge (they are retried, never committed).",
             registry=registry,
         )
+        self.producer_restarts = Counter(
+            f"{PREFIX}_producer_restarts",
+            "Producers the output replaced after a fatal error (the batches they held are retried).",
+            registry=registry,
+        )
         self.rebalances = Counter(f"{PREFIX}_rebalances", "Partition revocations (rebalances).", registry=registry)
         self.assigned = Gauge(f"{PREFIX}_assigned_partitions", "Input partitions held now.", registry=registry)
         self.lag = Gauge(

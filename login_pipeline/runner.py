@@ -309,6 +309,8 @@ class Pipeline:
                     within,
                 )
                 break
+            if report.producer_restarts:
+                self.metrics.producer_restarts.inc(report.producer_restarts)
             batch = offsets.oldest()
             if batch.abandoned:
                 continue

@@ -49,6 +49,7 @@ class FakeOutput:
     acknowledged: dict[int, int] = field(default_factory=dict)  # input partition -> next offset acknowledged
     fail_batches: set[int] = field(default_factory=set)  # ordinals (from 0) of batches to report as failed
     refuse_batches: set[int] = field(default_factory=set)  # ... as refused for good (a missing ACL)
+    restarts_before: dict[int, int] = field(default_factory=dict)  # batch ordinal -> producers replaced before it
     reroute_offsets: set[tuple[int, int]] = field(default_factory=set)  # refuse these, as too large
     hold: bool = False  # acknowledge nothing: as a slow or absent output cluster
     dead: bool = False
@@ -77,8 +78,11 @@ class FakeOutput:
                 raise OutputGone("the output process did not answer (fake)")
             return None
         ordinal, handovers = self._closed.popleft()
+        restarts = self.restarts_before.get(ordinal, 0)
         if ordinal in self.fail_batches:
-            return BatchReport("1 of 1 records were not acknowledged: KafkaTimeoutError (fake)")
+            return BatchReport(
+                "1 of 1 records were not acknowledged: KafkaTimeoutError (fake)", producer_restarts=restarts
+            )
         if ordinal in self.refuse_batches:
             return BatchReport("TOPIC_AUTHORIZATION_FAILED (fake)", refused=True)
         rerouted = []
@@ -101,7 +105,7 @@ class FakeOutput:
                     )
                 self.acknowledged[records.partition] = offset + 1
                 position += 1
-        return BatchReport(None, tuple(rerouted))
+        return BatchReport(None, tuple(rerouted), producer_restarts=restarts)
 
     def close(self) -> None:
         self.closed = True

@@ -53,3 +53,25 @@ def test_a_transient_failure_fails_the_batch_instead_of_rerouting():
         assert batch.failure.startswith("a record was not acknowledged: _MSG_TIMED_OUT")
     finally:
         output._producer.purge()
+
+
+def test_an_authorization_refusal_fails_the_batch_as_refused_for_good():
+    output, batch = output_with_two_records()
+    try:
+        batch.delivered(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED), Report(10))
+        assert batch.refused and batch.failure.startswith("a record was not acknowledged: TOPIC_AUTHORIZATION_FAILED")
+    finally:
+        output._producer.purge()
+
+
+def test_a_fatal_producer_is_replaced_and_the_next_report_says_so():
+    output, batch = output_with_two_records()
+    output._client_error(KafkaError(KafkaError._FATAL, fatal=True))
+    batch.pending = 0  # its records answered (the purge below would fail them; their report is not the point)
+    output.end_batch()  # the replacement happens here
+    report = output.acknowledgement(1.0)
+    assert report.producer_restarts == 1 and not report.refused
+    output._closed.append(output._batch)
+    output._batch.pending = 0
+    assert output.acknowledgement(1.0).producer_restarts == 0  # reported once
+    output._producer.purge()

@@ -295,7 +295,7 @@ def test_the_specification_catches_a_commit_made_before_acknowledgement(monkeypa
 
 
 def test_metrics_count_consumed_acknowledged_and_dead_lettered_records_and_rebalances():
-    output = FakeOutput(fail_batches={1})
+    output = FakeOutput(fail_batches={1}, restarts_before={1: 1, 2: 2})
     source = FakeInput(output, {0: records(0, 8) + [(None, b"not json")], 1: records(1, 4)}, batch_size=4)
     source.revoke_at = {3}
     tested = pipeline(source, output)
@@ -307,6 +307,7 @@ def test_metrics_count_consumed_acknowledged_and_dead_lettered_records_and_rebal
     assert sample("login_processor_messages_processed_total", {"outcome": "valid"}) == 12
     assert sample("login_processor_dead_letters_total", {"reason": "malformed_json"}) == 1
     assert sample("login_processor_delivery_failures_total") == 1
+    assert sample("login_processor_producer_restarts_total") == 3
     assert sample("login_processor_rebalances_total") >= 2  # the scheduled revoke, and the close
     assert sample("login_processor_batches_in_flight") == 0
     assert sample("login_processor_last_commit_timestamp_seconds") == NOW  # the test's clock

@@ -394,6 +394,7 @@ class ConfluentOutput:
         self._closed: deque[_Batch] = deque()
         self._fatal: Optional[str] = None
         self._refusal: Optional[str] = None  # the cluster refused the producer itself (no idempotence ACL...)
+        self._restarts = 0  # producers replaced since the last report
 
     def _client_error(self, error: KafkaError) -> None:
         if error.fatal():
@@ -477,6 +478,7 @@ class ConfluentOutput:
         self._producer.flush(5)  # delivers the purge reports: their batches fail and are retried
         self._producer = Producer(self._settings)
         self._fatal = None
+        self._restarts += 1
 
     def acknowledgement(self, timeout_s: Optional[float] = None) -> Optional[BatchReport]:
         deadline = time.monotonic() + (self._timeout_s if timeout_s is None else timeout_s)
@@ -488,11 +490,12 @@ class ConfluentOutput:
                 return None
             self._producer.poll(min(remaining, ACK_POLL_INTERVAL_S))
         batch = self._closed.popleft()
+        restarts, self._restarts = self._restarts, 0
         if self._refusal is not None:
-            return BatchReport(self._refusal, refused=True)
+            return BatchReport(self._refusal, refused=True, producer_restarts=restarts)
         if batch.failure is not None:
-            return BatchReport(batch.failure, refused=batch.refused)
-        return BatchReport(None, tuple(batch.rerouted))
+            return BatchReport(batch.failure, refused=batch.refused, producer_restarts=restarts)
+        return BatchReport(None, tuple(batch.rerouted), producer_restarts=restarts)
 
     def alive(self) -> bool:
         return True  # in this process: it lives as long as the run loop

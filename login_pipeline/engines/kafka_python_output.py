@@ -206,11 +206,12 @@ def _serve(
     router = _Router(producer, output_topic, dlq_topic, size_limits)
     batch = _Batch()
     unreported: deque[_Batch] = deque()
+    restarts = 0  # producers replaced since the last report
     try:
         while True:
             # While batches await acknowledgement, wake up often enough to report them promptly.
             if unreported and not connection.poll(ACK_CHECK_INTERVAL_S):
-                _report_settled(connection, unreported, router)
+                restarts = _report_settled(connection, unreported, router, restarts)
                 continue
             try:
                 message = connection.recv()
@@ -221,13 +222,14 @@ def _serve(
             if message == _END_BATCH:
                 unreported.append(batch)
                 batch = _Batch()
-                _report_settled(connection, unreported, router)
+                restarts = _report_settled(connection, unreported, router, restarts)
                 if _is_broken(producer):
                     # Every send would fail from now on: start afresh; the failed batches are retried.
                     log.warning("the producer stopped after a fatal error; starting a new one")
                     producer.close(timeout=10)
                     producer = KafkaProducer(**settings)
                     router = _Router(producer, output_topic, dlq_topic, size_limits)
+                    restarts += 1
                 router.refresh_partitions()
                 continue
             try:
@@ -362,7 +364,10 @@ def _is_broken(producer: KafkaProducer) -> bool:
     return bool(manager is not None and manager.has_fatal_error())
 
 
-def _report_settled(connection: Connection, unreported: deque, router: _Router) -> None:
-    """Report, oldest first, every batch whose records have all been answered by the output cluster."""
+def _report_settled(connection: Connection, unreported: deque, router: _Router, restarts: int) -> int:
+    """Report, oldest first, every batch whose records have all been answered by the output cluster;
+    the first report carries the producer restarts not yet reported. Returns those still unreported."""
     while unreported and unreported[0].settle(router):
-        connection.send(unreported.popleft().report())
+        connection.send(unreported.popleft().report()._replace(producer_restarts=restarts))
+        restarts = 0
+    return restarts
