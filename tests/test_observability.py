@@ -7,6 +7,7 @@ cluster away and back while liveness holds.
 from __future__ import annotations
 
 import http.client
+import json
 import time
 from collections import Counter
 
@@ -127,3 +128,15 @@ def test_readyz_follows_the_output_cluster_away_and_back_while_livez_holds(kafka
             f"\n[readiness {engine}] 503 {unready_after:.1f} s after the stop, 200 {ready_after:.1f} s after the return"
         )
         assert processor.stop() == 0
+
+
+def test_json_logs_are_one_object_per_line_from_every_process_and_library(kafka, engine, tmp_path):
+    topics = Topics.create(kafka)
+    produce(kafka.input, topics.input, [event.value for event, _ in zip(generate(33, FeedProfile()), range(300))])
+    with Processor(kafka, topics, tmp_path, engine=engine, LOG_FORMAT="json") as processor:
+        wait_until(lambda: caught_up(kafka, topics), timeout=60, message="caught up")
+        assert processor.stop() == 0
+    lines = processor.stderr.splitlines()
+    entries = [json.loads(line) for line in lines]  # every line, the output process's and the clients' too
+    assert {"time", "level", "logger", "message"} <= set(entries[0])
+    assert any("consuming" in entry["message"] for entry in entries)
