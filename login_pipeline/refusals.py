@@ -22,7 +22,24 @@ from login_pipeline.config import Config
 # and version 3, so the "length" is 0x1503.... or 0x1603....
 _FRAME_LENGTH = re.compile(r"invalid frame length: (\d+)", re.IGNORECASE)
 _TLS_RECORD_PREFIXES = (0x1503, 0x1603)
-MAX_SYMPTOMS = 50  # the newest client messages kept while a start-up check runs
+MAX_SYMPTOMS = 50  # the newest telling client messages kept while a start-up check runs
+# What a message must contain to say why a connection failed. Only these are kept: a client retrying
+# for 15 s says "socket disconnected" dozens of times and the telling line once, first.
+_TELLING = (
+    "authentication failed",
+    "saslauthenticationfailed",
+    "invalid credentials",
+    "certificate verify failed",
+    "invalid frame length",
+    "connecting to a ssl listener",
+    "wrong version number",
+    "connecting to a plaintext",
+    "in state apiversion_query",
+)
+# kafka-python's line for a connection the broker closed, and its mark of one that got past ApiVersions.
+_DISCONNECTED = "connection lost: kafkaconnectionerror: socket disconnected"
+_VERSION_KNOWN = re.compile(r"broker_version=\(\d")
+MAX_DISCONNECTS = 5  # only the newest few: a retrying client says this dozens of times
 
 
 class Symptoms(logging.Handler):
@@ -36,12 +53,21 @@ class Symptoms(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.seen: deque[str] = deque(maxlen=MAX_SYMPTOMS)
+        self._disconnects: deque[str] = deque(maxlen=MAX_DISCONNECTS)
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.seen.append(record.getMessage())
+        self.note(record.getMessage())
+
+    def note(self, message: str) -> None:
+        """Keep `message` if it can tell why a connection failed."""
+        lowered = message.lower()
+        if any(marker in lowered for marker in _TELLING):
+            self.seen.append(message)
+        elif _DISCONNECTED in lowered:
+            self._disconnects.append(message)
 
     def newest_first(self) -> list[str]:
-        return list(reversed(self.seen))
+        return [*reversed(self.seen), *reversed(self._disconnects)]
 
     @contextlib.contextmanager
     def collected_from(self, logger: logging.Logger) -> Iterator[Symptoms]:
@@ -81,10 +107,14 @@ def access(config: Config, cluster: str) -> Access:
 
 
 def unreachable(access: Access, symptoms: Iterable[str], error_name: str) -> StartupError:
-    """The start-up error for a cluster the client could not use, from what it saw while trying."""
+    """The start-up error for a cluster the client could not use, from what it saw while trying.
+
+    What a client says outright (a refused password, an unverifiable certificate) wins over what a
+    closed connection suggests: kafka-python sometimes sees only the broker hanging up.
+    """
     where = f"the {access.cluster} cluster at {access.servers}"
-    for symptom in symptoms:
-        text = symptom.lower()
+    texts = [symptom.lower() for symptom in symptoms]
+    for text in texts:
         if "authentication failed" in text or "saslauthenticationfailed" in text or "invalid credentials" in text:
             return StartupError(
                 f"{where} refused {_who(access)}: {access.mechanism} authentication failed; "
@@ -98,15 +128,24 @@ def unreachable(access: Access, symptoms: Iterable[str], error_name: str) -> Sta
             )
         if _reads_tls(text) or "connecting to a ssl listener" in text:
             return StartupError(f"{where} speaks TLS, but SECURITY_PROTOCOL={access.protocol}: use SSL or SASL_SSL")
-        if "in state apiversion_query" in text and access.protocol == "PLAINTEXT":
-            return StartupError(
-                f"{where} closed the connection at the first request: it may expect TLS or SASL, "
-                "but SECURITY_PROTOCOL=PLAINTEXT"
-            )
         if "wrong version number" in text or "connecting to a plaintext" in text:
             return StartupError(
                 f"{where} does not speak TLS there, but SECURITY_PROTOCOL={access.protocol}: "
                 "use PLAINTEXT or SASL_PLAINTEXT, or the cluster's TLS listener"
+            )
+    for text in texts:
+        if access.protocol == "PLAINTEXT" and (
+            "in state apiversion_query" in text or (_DISCONNECTED in text and "broker_version=unknown" in text)
+        ):
+            return StartupError(
+                f"{where} closed the connection at the first request: it may expect TLS or SASL, "
+                "but SECURITY_PROTOCOL=PLAINTEXT"
+            )
+        if access.protocol.startswith("SASL") and _DISCONNECTED in text and _VERSION_KNOWN.search(text):
+            # It answered the first request (ApiVersions), then hung up: during authentication.
+            return StartupError(
+                f"{where} closed the connection during {access.mechanism} authentication of {_who(access)}; "
+                "check SASL_USERNAME, SASL_PASSWORD and SASL_MECHANISM"
             )
     return StartupError(f"cannot reach {where} ({error_name})")
 

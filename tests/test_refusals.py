@@ -73,6 +73,40 @@ def test_a_connection_closed_at_the_first_request_hints_at_the_protocol_only_for
     assert str(unreachable(SASL, [symptom], "_TIMED_OUT")).startswith("cannot reach the input cluster")
 
 
+KAFKA_PYTHON_HUNG_UP_AFTER_API_VERSIONS = (
+    "<KafkaConnection node_id=bootstrap-0 broker_version=(4, 1) (disconnected)>: "
+    "Connection lost: KafkaConnectionError: socket disconnected"
+)
+KAFKA_PYTHON_HUNG_UP_AT_ONCE = (
+    "<KafkaConnection node_id=bootstrap-0 broker_version=unknown (disconnected)>: "
+    "Connection lost: KafkaConnectionError: socket disconnected"
+)
+
+
+def test_a_broker_hanging_up_during_authentication_is_told_as_such():
+    line = str(unreachable(SASL, [KAFKA_PYTHON_HUNG_UP_AFTER_API_VERSIONS], "KafkaTimeoutError"))
+    assert line == (
+        "the input cluster at 127.0.0.1:29094 closed the connection during SCRAM-SHA-512 authentication of "
+        "user 'processor'; check SASL_USERNAME, SASL_PASSWORD and SASL_MECHANISM"
+    )
+
+
+def test_a_broker_hanging_up_at_once_on_plaintext_hints_at_the_protocol():
+    line = str(unreachable(PLAIN, [KAFKA_PYTHON_HUNG_UP_AT_ONCE], "KafkaTimeoutError"))
+    assert "closed the connection at the first request: it may expect TLS or SASL" in line
+    # Not on a SASL client: there, a hang-up before ApiVersions says nothing about authentication.
+    assert str(unreachable(SASL, [KAFKA_PYTHON_HUNG_UP_AT_ONCE], "x")).startswith("cannot reach")
+
+
+def test_what_a_client_says_outright_wins_over_what_a_hang_up_suggests():
+    symptoms = Symptoms()
+    symptoms.note("Bootstrap connection failed: [Error 58] SaslAuthenticationFailedError: Authentication failed")
+    for _ in range(20):
+        symptoms.note(KAFKA_PYTHON_HUNG_UP_AFTER_API_VERSIONS)
+    assert len(symptoms.newest_first()) == 1 + 5  # the telling line, and only the newest hang-ups
+    assert "SCRAM-SHA-512 authentication failed" in str(unreachable(SASL, symptoms.newest_first(), "x"))
+
+
 def test_nothing_recognised_says_unreachable_with_the_error_name():
     line = str(unreachable(SASL, ["Connection refused", "ECONNREFUSED"], "NoBrokersAvailable"))
     assert line == "cannot reach the input cluster at 127.0.0.1:29094 (NoBrokersAvailable)"
@@ -107,13 +141,22 @@ def test_an_allowed_operation_or_a_cluster_without_authorizer_passes():
     check_topic(PLAIN, "processed-logins", None, None, "WRITE")
 
 
-def test_symptoms_keep_the_newest_messages_and_restore_the_logger():
+def test_symptoms_keep_the_telling_line_however_much_retry_chatter_follows_it_and_restore_the_logger():
     logger = logging.getLogger("test.symptoms")
     logger.propagate = True
     with Symptoms().collected_from(logger) as symptoms:
-        for n in range(MAX_SYMPTOMS + 10):
-            logger.warning("attempt %d", n)
+        logger.warning("Bootstrap connection failed: SaslAuthenticationFailedError: Authentication failed")
+        for n in range(10 * MAX_SYMPTOMS):
+            logger.warning("Bootstrap connection to bootstrap-0 failed: socket disconnected (attempt %d)", n)
         assert not logger.propagate
     assert logger.propagate and symptoms not in logger.handlers
-    assert symptoms.newest_first()[0] == f"attempt {MAX_SYMPTOMS + 9}"
+    assert len(symptoms.seen) == 1
+    assert "refused user 'processor'" in str(unreachable(SASL, symptoms.newest_first(), "KafkaTimeoutError"))
+
+
+def test_symptoms_stay_bounded():
+    symptoms = Symptoms()
+    for n in range(MAX_SYMPTOMS + 10):
+        symptoms.note(f"certificate verify failed ({n})")
     assert len(symptoms.seen) == MAX_SYMPTOMS
+    assert symptoms.newest_first()[0] == f"certificate verify failed ({MAX_SYMPTOMS + 9})"

@@ -83,6 +83,14 @@ def fails_fast(processor: Processor, expected: str) -> str:
     return errors[0]
 
 
+def says_authentication_failed(line: str) -> None:
+    # The broker's refusal, or (kafka-python, now and then) only its hanging up during authentication.
+    assert (
+        "SCRAM-SHA-512 authentication failed; check SASL_USERNAME and SASL_PASSWORD" in line
+        or "closed the connection during SCRAM-SHA-512 authentication" in line
+    ), line
+
+
 def nothing_happened(pair: Pair, topics: Topics, processor: Processor) -> None:
     """Nothing committed, nothing written, no secret shown."""
     assert set(committed_offsets(pair.input, topics.input, topics.group).values()) <= {None}
@@ -121,14 +129,14 @@ def test_secrets_are_generated_owner_only_and_never_reach_the_broker_logs(secure
 def test_a_wrong_password_stops_with_one_line(secured, engine, tmp_path):
     topics = fed(secured)
     processor = Processor(secured, topics, tmp_path, engine=engine, SASL_PASSWORD="not-the-password")
-    fails_fast(processor, "refused user 'processor': SCRAM-SHA-512 authentication failed")
+    says_authentication_failed(fails_fast(processor, "user 'processor'"))
     nothing_happened(secured, topics, processor)
 
 
 def test_an_unknown_user_stops_with_one_line(secured, engine, tmp_path):
     topics = fed(secured)
     processor = Processor(secured, topics, tmp_path, engine=engine, SASL_USERNAME="nobody")
-    fails_fast(processor, "refused user 'nobody': SCRAM-SHA-512 authentication failed")
+    says_authentication_failed(fails_fast(processor, "user 'nobody'"))
     nothing_happened(secured, topics, processor)
 
 

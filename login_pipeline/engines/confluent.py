@@ -149,7 +149,7 @@ def check_topics(where: Access, security: dict, topics: list[str], needed: str) 
     settings: dict[str, Any] = {
         "bootstrap.servers": where.servers,
         "logger": startup_log,
-        "error_cb": lambda error: symptoms.seen.append(error.str()),
+        "error_cb": lambda error: symptoms.note(error.str()),
         **security,
     }
     admin = AdminClient(settings)
