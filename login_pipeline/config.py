@@ -166,9 +166,7 @@ def validate(raw: dict[str, str | None]) -> Config:
         for name in ("SASL_USERNAME", "SASL_PASSWORD"):
             if not raw[name]:
                 raise ConfigError(f"{name} is required with SECURITY_PROTOCOL={protocol}")
-    client = text["KAFKA_CLIENT"].lower() if text["KAFKA_CLIENT"].isascii() else text["KAFKA_CLIENT"]
-    if client not in KAFKA_CLIENTS:
-        raise ConfigError(f"KAFKA_CLIENT={_shown(text['KAFKA_CLIENT'])} is not one of {', '.join(KAFKA_CLIENTS)}")
+    client = _one_of("KAFKA_CLIENT", text["KAFKA_CLIENT"], KAFKA_CLIENTS)
     if raw["SSL_CAFILE"] and not Path(raw["SSL_CAFILE"]).is_file():
         raise ConfigError(f"SSL_CAFILE={_shown(raw['SSL_CAFILE'])} is not a readable file")
 
@@ -237,6 +235,7 @@ def _host(value: str) -> str:
 
 
 def _one_of(name: str, value: str, choices: tuple[str, ...]) -> str:
+    """`value` folded to lower case (ASCII only, as _ascii_upper) if it is one of `choices`."""
     folded = value.lower() if value.isascii() else value
     if folded not in choices:
         raise ConfigError(f"{name}={_shown(value)} is not one of {', '.join(choices)}")

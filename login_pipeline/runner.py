@@ -362,9 +362,8 @@ class Pipeline:
         log.warning("commit failed (%s); will retry with the next batch", error)
         self.offsets.commit_failed()
 
-    def _assigned(self, partitions: set[Partition]) -> None:
-        self.joined = True
-        self.metrics.assigned.set(len(partitions))
+    def _assigned(self, _partitions: set[Partition]) -> None:
+        self.joined = True  # the loop reads what is held (the assigned-partitions gauge) at each turn
 
     def _commit(self) -> bool:
         """Commit every delivered position and wait; False when it failed (kept: duplicates, never loss)."""

@@ -12,14 +12,25 @@ from typing import Callable
 
 from login_pipeline.client import Input, Output, StartupError
 from login_pipeline.config import KAFKA_PYTHON, Config
+from login_pipeline.refusals import access
 
 _MODULES = {KAFKA_PYTHON: "login_pipeline.engines.kafka_python", "confluent-kafka": "login_pipeline.engines.confluent"}
 _PACKAGES = {KAFKA_PYTHON: "requirements.txt", "confluent-kafka": "requirements-confluent.txt"}
 
 
 def connect(config: Config) -> tuple[Input, Output]:
-    """Check both clusters and their topics, start the output, join the group; StartupError says why not."""
-    return _engine(config).connect(config)
+    """Check both clusters and their topics, start the output, join the group; StartupError says why not.
+
+    What the pipeline needs is decided here, once for every engine: READ on the input topic, WRITE
+    on the output and dead-letter topics (whose size limits come back from the check).
+    """
+    engine = _engine(config)
+    security = engine.client_security(config)
+    engine.check_topics(access(config, "input"), security, [config.input_topic], "READ")
+    size_limits = engine.check_topics(
+        access(config, "output"), security, [config.output_topic, config.dlq_topic], "WRITE"
+    )
+    return engine.connect(config, security, size_limits)
 
 
 def probes(config: Config) -> dict[str, Callable[[], bool]]:

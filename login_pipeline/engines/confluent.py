@@ -31,7 +31,7 @@ from login_pipeline.client import (
     RevokeHandler,
 )
 from login_pipeline.config import Config
-from login_pipeline.refusals import Access, Symptoms, access, check_topic, unreachable
+from login_pipeline.refusals import Access, Symptoms, check_topic, unreachable
 from login_pipeline.results import RECORD_REJECTED, RECORD_TOO_LARGE
 from login_pipeline.routing import (
     DEFAULT_MAX_REQUEST_SIZE,
@@ -67,10 +67,10 @@ _REFUSALS = {
 }
 
 
-def connect(config: Config) -> tuple[ConfluentInput, ConfluentOutput]:
-    security = client_security(config)
-    check_topics(access(config, "input"), security, [config.input_topic], "READ")
-    size_limits = check_topics(access(config, "output"), security, [config.output_topic, config.dlq_topic], "WRITE")
+def connect(
+    config: Config, security: dict[str, Any], size_limits: dict[str, int]
+) -> tuple[ConfluentInput, ConfluentOutput]:
+    """Start the producer and the consumer, the topics checked (login_pipeline.engines.connect)."""
     output = ConfluentOutput(
         {**producer_settings(config.output_bootstrap_servers), **security},
         config.output_topic,

@@ -26,7 +26,7 @@ from login_pipeline.client import (
 )
 from login_pipeline.config import Config
 from login_pipeline.engines.kafka_python_output import OutputProcess
-from login_pipeline.refusals import Access, Symptoms, access, check_topic, unreachable
+from login_pipeline.refusals import Access, Symptoms, check_topic, unreachable
 from login_pipeline.routing import unknown_size_limits
 
 log = logging.getLogger(__name__)
@@ -40,10 +40,10 @@ SESSION_TIMEOUT_MS = 10_000
 RECONNECT_BACKOFF_MAX_MS = 2_000
 
 
-def connect(config: Config) -> tuple[KafkaPythonInput, OutputProcess]:
-    security = client_security(config)
-    check_topics(access(config, "input"), security, [config.input_topic], "READ")
-    size_limits = check_topics(access(config, "output"), security, [config.output_topic, config.dlq_topic], "WRITE")
+def connect(
+    config: Config, security: dict[str, Any], size_limits: dict[str, int]
+) -> tuple[KafkaPythonInput, OutputProcess]:
+    """Start the output process and the consumer, the topics checked (login_pipeline.engines.connect)."""
     try:
         output = OutputProcess(
             {**producer_settings(config.output_bootstrap_servers), **security},
