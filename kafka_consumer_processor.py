@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             "PII_HASH_KEY is unset: hashing ip and device_id with a random key for this process only; "
             "hashes will differ between runs and instances. Set PII_HASH_KEY in production."
         )
-    return runner.main(config, partial(process_message, pii_key=pii_key))
+    return runner.main(config, partial(process_message, pii_key=pii_key), partial(_keyed_hash, pii_key))
 
 
 if __name__ == "__main__":

@@ -155,6 +155,7 @@ class Pair:
 
 
 INPUT_TOPIC, OUTPUT_TOPIC, DLQ_TOPIC, GROUP = "user-login", "processed-logins", "user-login-dlq", "login-processor"
+INSIGHTS_TOPIC, ALERTS_TOPIC = "login-insights", "login-alerts"
 SECURE_DIR = DATA_DIR / "tls"
 
 
@@ -182,12 +183,21 @@ def _pair(
         input_grants = processor_grants(PROCESSOR, INPUT_TOPIC, GROUP) + reader_grants(
             READER_ONLY, INPUT_TOPIC, group=GROUP
         )
-        output_grants = producer_grants(PROCESSOR, OUTPUT_TOPIC, DLQ_TOPIC) + reader_grants(
-            READER_ONLY, OUTPUT_TOPIC, DLQ_TOPIC
+        output_grants = (
+            producer_grants(PROCESSOR, OUTPUT_TOPIC, DLQ_TOPIC, INSIGHTS_TOPIC, ALERTS_TOPIC)
+            + reader_grants(PROCESSOR, INSIGHTS_TOPIC, ALERTS_TOPIC)
+            + reader_grants(READER_ONLY, OUTPUT_TOPIC, DLQ_TOPIC, INSIGHTS_TOPIC, ALERTS_TOPIC)
         )
     return (
         Cluster("input", *input_ports, data_dir / "input", {INPUT_TOPIC: 3}, security, input_grants),
-        Cluster("output", *output_ports, data_dir / "output", {OUTPUT_TOPIC: 3, DLQ_TOPIC: 3}, security, output_grants),
+        Cluster(
+            "output",
+            *output_ports,
+            data_dir / "output",
+            {OUTPUT_TOPIC: 3, DLQ_TOPIC: 3, INSIGHTS_TOPIC: 1, ALERTS_TOPIC: 1},
+            security,
+            output_grants,
+        ),
     )
 
 

@@ -147,7 +147,8 @@ def producer_grants(user: str, *topics: str) -> tuple[Grant, ...]:
 
 
 def reader_grants(user: str, *topics: str, group: str | None = None) -> tuple[Grant, ...]:
-    """Read, and nothing else: the `reader-only` user the processor must refuse to run as."""
+    """Read, and nothing else: what the `reader-only` user may (the processor must refuse to run as it),
+    and what the processor may on the topics its dashboard reads back."""
     grants = tuple(Grant(user, "topic", topic, "READ") for topic in topics)
     return grants + ((Grant(user, "group", group, "READ"),) if group else ())
 

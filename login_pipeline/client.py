@@ -157,3 +157,42 @@ class Output(Protocol):
     def acknowledgement(self, timeout_s: Optional[float] = None) -> Optional[BatchReport]: ...
     def close(self) -> None: ...
     def alive(self) -> bool: ...
+
+
+class FeedRecord(NamedTuple):
+    topic: str
+    partition: int
+    offset: int
+    value: Optional[bytes]
+
+
+class Publisher(Protocol):
+    """Records outside the run loop's batches (closed windows, alerts) to topics of the output cluster.
+
+    - `publish(topic, key, value)` queues one record and returns at once (it blocks at most
+      PUBLISH_BLOCK_S while the cluster is unknown); False when it could not even be queued.
+    - `flush(timeout_s)` waits at most `timeout_s` for everything queued; returns how many records
+      are still undelivered (0: all acknowledged).
+    - `failed`: records the cluster did not take, so far (each was also logged, without its value).
+    - `close()` stops, waiting at most a few seconds.
+    These records are not tied to input offsets: a window or alert that fails to publish is
+    counted and logged, and the run loop goes on.
+    """
+
+    failed: int
+
+    def publish(self, topic: str, key: bytes, value: bytes) -> bool: ...
+    def flush(self, timeout_s: float) -> int: ...
+    def close(self) -> None: ...
+
+
+class Feed(Protocol):
+    """Reads topics of the output cluster from a point in time on, outside any consumer group.
+
+    - `poll(timeout_s)` returns what arrived, blocking at most `timeout_s`; while the cluster or a
+      topic is away it returns nothing (and tries again at later polls) rather than raising.
+    - `close()`. Nothing is ever committed. Called from one thread of its own, never the run loop's.
+    """
+
+    def poll(self, timeout_s: float) -> list[FeedRecord]: ...
+    def close(self) -> None: ...

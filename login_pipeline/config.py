@@ -14,6 +14,8 @@ from pathlib import Path
 
 from dotenv import load_dotenv
 
+from login_pipeline.alerts import AlertSettings, RuleSettings
+
 KAFKA_PYTHON = "kafka-python"
 KAFKA_CLIENTS = (KAFKA_PYTHON, "confluent-kafka")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -32,6 +34,20 @@ LOG_FORMATS = ("text", "json")
 DEFAULT_LIVENESS_TIMEOUT_S = 180
 MAX_LIVENESS_TIMEOUT_S = 86_400
 _HOST = re.compile(r"^([0-9A-Za-z.-]{1,253}|[0-9A-Fa-f:.]{2,45})$")
+
+
+ON_OFF = ("on", "off")
+MAX_WINDOW_S = 86_400
+MAX_ALERT_WINDOW_S = 7 * 86_400
+MAX_ALERT_THRESHOLD = 10_000
+MAX_STATE_KEYS = 10_000_000
+
+
+@dataclass(frozen=True)
+class WindowSettings:
+    size_s: int
+    grace_s: int
+    idle_s: int
 
 
 class ConfigError(ValueError):
@@ -80,6 +96,26 @@ SETTINGS = (
         "seconds the run loop may go without coming round before /livez answers 503",
     ),
     Setting("LOG_FORMAT", "text", f"logs on stderr: {' or '.join(LOG_FORMATS)} (one JSON object per line)"),
+    Setting("LIVE_INSIGHTS", "on", "windows, alerts, /api and the dashboard: on or off"),
+    Setting("INSIGHTS_TOPIC", "login-insights", "topic for closed windows' summaries (output cluster)"),
+    Setting("ALERTS_TOPIC", "login-alerts", "topic for suspicious-login alerts (output cluster)"),
+    Setting("WINDOW_SIZE_S", "60", "length of the event-time tumbling windows, seconds"),
+    Setting("WINDOW_GRACE_S", "10", "how long past its end a window still takes late events, seconds (0: none)"),
+    Setting("WINDOW_IDLE_S", "30", "with no input for this long, windows past end + grace close by wall clock"),
+    *(
+        Setting(env, str(default), help)
+        for env, default, help in (
+            ("ALERT_STUFFING_USERS", 15, "credential stuffing: distinct users from one ip ..."),
+            ("ALERT_STUFFING_WINDOW_S", 900, "... within this many seconds"),
+            ("ALERT_LOCALES", 3, "locale hopping: distinct locales of one user ..."),
+            ("ALERT_LOCALES_WINDOW_S", 10_800, "... within this many seconds"),
+            ("ALERT_DEVICE_USERS", 10, "shared device: distinct users of one device ..."),
+            ("ALERT_DEVICE_WINDOW_S", 3_600, "... within this many seconds"),
+            ("ALERT_BURST_LOGINS", 20, "login burst: logins of one user ..."),
+            ("ALERT_BURST_WINDOW_S", 60, "... within this many seconds"),
+            ("ALERT_STATE_KEYS", 50_000, "ips, devices or users each rule remembers; least recent go first"),
+        )
+    ),
 )
 
 
@@ -104,6 +140,11 @@ class Config:
     metrics_host: str = "127.0.0.1"
     liveness_timeout_s: int = DEFAULT_LIVENESS_TIMEOUT_S
     log_format: str = "text"
+    live_insights: bool = False
+    insights_topic: str = "login-insights"
+    alerts_topic: str = "login-alerts"
+    windows: WindowSettings = WindowSettings(60, 10, 30)
+    alerts: AlertSettings = AlertSettings()
 
     def __repr__(self) -> str:  # secrets stay out of logs and tracebacks
         shown = {
@@ -170,12 +211,16 @@ def validate(raw: dict[str, str | None]) -> Config:
     if raw["SSL_CAFILE"] and not Path(raw["SSL_CAFILE"]).is_file():
         raise ConfigError(f"SSL_CAFILE={_shown(raw['SSL_CAFILE'])} is not a readable file")
 
-    topics = {name: text[name] for name in ("INPUT_TOPIC", "OUTPUT_TOPIC", "DLQ_TOPIC", "CONSUMER_GROUP")}
+    names = ("INPUT_TOPIC", "OUTPUT_TOPIC", "DLQ_TOPIC", "INSIGHTS_TOPIC", "ALERTS_TOPIC", "CONSUMER_GROUP")
+    topics = {name: text[name] for name in names}
     for name, value in topics.items():
         if not _TOPIC.match(value):
             raise ConfigError(f"{name}={_shown(value)} must be 1-249 letters, digits, '.', '_' or '-'")
-    if topics["OUTPUT_TOPIC"] == topics["DLQ_TOPIC"]:
-        raise ConfigError("OUTPUT_TOPIC and DLQ_TOPIC must differ, or rejects would pass for results")
+    written = ("OUTPUT_TOPIC", "DLQ_TOPIC", "INSIGHTS_TOPIC", "ALERTS_TOPIC")
+    for index, name in enumerate(written):
+        for other in written[index + 1 :]:
+            if topics[name] == topics[other]:
+                raise ConfigError(f"{name} and {other} must differ, or one kind of record would pass for another")
 
     key = raw["PII_HASH_KEY"]
     if key is not None and len(key.encode()) < MIN_PII_KEY_BYTES:
@@ -204,6 +249,29 @@ def validate(raw: dict[str, str | None]) -> Config:
         metrics_host=_host(text["METRICS_HOST"]),
         liveness_timeout_s=_whole_number("LIVENESS_TIMEOUT_S", text["LIVENESS_TIMEOUT_S"], MAX_LIVENESS_TIMEOUT_S),
         log_format=_one_of("LOG_FORMAT", text["LOG_FORMAT"], LOG_FORMATS),
+        live_insights=_one_of("LIVE_INSIGHTS", text["LIVE_INSIGHTS"], ON_OFF) == "on",
+        insights_topic=topics["INSIGHTS_TOPIC"],
+        alerts_topic=topics["ALERTS_TOPIC"],
+        windows=WindowSettings(
+            _whole_number("WINDOW_SIZE_S", text["WINDOW_SIZE_S"], MAX_WINDOW_S),
+            _whole_number("WINDOW_GRACE_S", text["WINDOW_GRACE_S"], MAX_WINDOW_S, minimum=0),
+            _whole_number("WINDOW_IDLE_S", text["WINDOW_IDLE_S"], MAX_WINDOW_S),
+        ),
+        alerts=AlertSettings(
+            credential_stuffing=_rule(text, "STUFFING_USERS", "STUFFING_WINDOW_S"),
+            locale_hopping=_rule(text, "LOCALES", "LOCALES_WINDOW_S"),
+            shared_device=_rule(text, "DEVICE_USERS", "DEVICE_WINDOW_S"),
+            login_burst=_rule(text, "BURST_LOGINS", "BURST_WINDOW_S"),
+            capacity=_whole_number("ALERT_STATE_KEYS", text["ALERT_STATE_KEYS"], MAX_STATE_KEYS),
+        ),
+    )
+
+
+def _rule(text: dict[str, str], threshold: str, window: str) -> RuleSettings:
+    """A rule's threshold (2 at least: 1 would flag every login) and window, from ALERT_<name> settings."""
+    return RuleSettings(
+        _whole_number(f"ALERT_{threshold}", text[f"ALERT_{threshold}"], MAX_ALERT_THRESHOLD, minimum=2),
+        _whole_number(f"ALERT_{window}", text[f"ALERT_{window}"], MAX_ALERT_WINDOW_S),
     )
 
 
@@ -216,9 +284,9 @@ def _servers(name: str, value: str) -> tuple[str, ...]:
     return servers
 
 
-def _whole_number(name: str, value: str, maximum: int) -> int:
-    if not _WHOLE_NUMBER.match(value) or not 0 < int(value) <= maximum:
-        raise ConfigError(f"{name}={_shown(value)} must be a whole number from 1 to {maximum:,}")
+def _whole_number(name: str, value: str, maximum: int, minimum: int = 1) -> int:
+    if not _WHOLE_NUMBER.match(value) or not minimum <= int(value) <= maximum:
+        raise ConfigError(f"{name}={_shown(value)} must be a whole number from {minimum} to {maximum:,}")
     return int(value)
 
 

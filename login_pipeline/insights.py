@@ -12,6 +12,7 @@ import threading
 import time
 from collections import Counter
 from datetime import datetime, timezone
+from typing import Any
 
 from login_pipeline.results import ProcessedLogin, ProcessingResult
 from login_pipeline.sketches import CappedCounts, HyperLogLog, LogHistogram, MinuteCounts
@@ -33,9 +34,9 @@ class Insights:
         self.rejected: Counter[str] = Counter()  # by reason: a handful of keys, never one per user
         self.newest_login_ts: float | None = None
         self._users = HyperLogLog()
-        self._device_types = CappedCounts()
-        self._locales = CappedCounts()
-        self._app_versions = CappedCounts()
+        self._device_types: CappedCounts[str] = CappedCounts()
+        self._locales: CappedCounts[str] = CappedCounts()
+        self._app_versions: CappedCounts[str] = CappedCounts()
         self._per_minute = MinuteCounts()
         self.delay = LogHistogram()
         # Held while a batch is observed and while metrics are read, so a scrape sees whole batches.
@@ -62,6 +63,29 @@ class Insights:
 
     def distinct_users(self) -> int:
         return self._users.count()
+
+    def snapshot(self, lag: int | None) -> dict[str, Any]:
+        """The running totals as the API shows them: the same figures as the printed block, values as JSON."""
+        now = self._clock()
+        return {
+            "uptime_s": round(now - self._started, 1),
+            "processed": self.processed,
+            "valid": self.valid,
+            "repaired": self.repaired,
+            "rejected": dict(sorted(self.rejected.items())),
+            "throughput_msg_s": round(self.processed / max(now - self._started, 1e-9), 1),
+            "consumer_lag": lag,
+            "distinct_users": self._users.count(),
+            "distinct_users_standard_error": HyperLogLog.STANDARD_ERROR,
+            "device_types": _counted(self._device_types),
+            "locales": _counted(self._locales),
+            "app_versions": _counted(self._app_versions),
+            "logins_per_minute": [
+                [datetime.fromtimestamp(minute, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), count]
+                for minute, count in self._per_minute.newest(10)
+            ],
+            "event_delay_s": {f"p{round(q * 100)}": self.delay.quantile(q) for q in (0.5, 0.95, 0.99)},
+        }
 
     def render(self, lag: int | None, title: str = "insights") -> str:
         now = self._clock()
@@ -95,7 +119,13 @@ class Insights:
         return "\n".join(lines)
 
 
-def _top(counts: CappedCounts) -> str:
+def _counted(counts: CappedCounts[str]) -> dict[str, Any]:
+    """The 20 largest counts, and `other`: the rest (a separate field: "other" may be a real value)."""
+    top = dict(counts.top(20))
+    return {"counts": top, "other": counts.total - sum(top.values())}
+
+
+def _top(counts: CappedCounts[str]) -> str:
     shown = [f"{printable(value)} {_share(count, counts.total)}" for value, count in counts.top(TOP_N)]
     if counts.other:
         shown.append(f"other {_share(counts.other, counts.total)}")

@@ -23,6 +23,7 @@ class InFlightBatch:
     next_offsets: dict[Partition, int]
     results: list[ProcessingResult] = field(repr=False)
     handed_at: float = 0.0  # time.monotonic() when it was handed over
+    processed_at: float = 0.0  # wall clock when it was processed (the windows count rejections at it)
     # Given up on after a rewind or a revoke: its report is read and ignored, nothing of it is committed.
     abandoned: bool = False
 

@@ -43,9 +43,9 @@ import sys
 import threading
 import time
 import traceback
-from typing import Callable, TextIO
+from typing import Any, Callable, Optional, TextIO
 
-from login_pipeline import engines
+from login_pipeline import engines, web
 from login_pipeline.client import (
     HandOver,
     Input,
@@ -59,6 +59,7 @@ from login_pipeline.client import (
 )
 from login_pipeline.config import Config
 from login_pipeline.insights import Insights
+from login_pipeline.live import KEPT_WINDOWS, FeedReader, GroupView, LiveInsights
 from login_pipeline.metrics import PipelineMetrics
 from login_pipeline.offsets import InFlightBatch, Offsets
 from login_pipeline.results import (
@@ -88,6 +89,8 @@ SESSION_TIMEOUT_S = 10.0
 # librdkafka's poll): it may not wait long there, or the group evicts the member.
 REVOKE_SETTLE_S = SESSION_TIMEOUT_S / 4
 FINAL_COMMIT_TIMEOUT_S = 30.0
+FINAL_PUBLISH_TIMEOUT_S = 10.0  # the open windows' partial records at a stop
+REVOKE_PUBLISH_S = 1.0  # and at a revoke, inside the heartbeat's budget (REVOKE_SETTLE_S) with the settling
 NULL_VALUE = Rejection(MALFORMED_JSON, None, "the record has no value (null)")
 
 
@@ -133,8 +136,10 @@ class Pipeline:
         stop: StopRequest,
         out: TextIO = sys.stdout,
         clock: Callable[[], float] = time.time,
+        live: Optional[LiveInsights] = None,
     ) -> None:
         self._config = config
+        self.live = live
         self._process = process
         self._input = source
         self._output = output
@@ -146,6 +151,7 @@ class Pipeline:
         self.metrics = PipelineMetrics(config, self.insights, clock)
         self.last_iteration = time.monotonic()  # liveness: the loop came round at this time
         self.joined = False  # readiness: the member holds its assignment (possibly none)
+        self.last_lag: Optional[int] = None  # records behind, over the assigned partitions, at the last turn
         source.subscribe(self._settle_before_revoke, self._commit_answered, self._assigned)
 
     def run(self) -> int:
@@ -181,6 +187,9 @@ class Pipeline:
             )
             exit_code = 1
         finally:
+            if self.live is not None:
+                with self.insights.lock:
+                    self.live.flush("stop", FINAL_PUBLISH_TIMEOUT_S)
             if not self._commit():
                 log.error(
                     "the final commit failed; a restart repeats what %d partitions had uncommitted",
@@ -190,6 +199,8 @@ class Pipeline:
             self._print_insights(final=True)
             self._input.close()
             self._output.close()
+            if self.live is not None:
+                self.live.close()
         return exit_code
 
     def _loop(self) -> int:
@@ -229,9 +240,14 @@ class Pipeline:
                     failures + 1,
                 )
                 self._stop.sleep(backoff)
+            if self.live is not None:
+                with self.insights.lock:
+                    self.live.tick()
             metrics.in_flight.set(len(self.offsets.in_flight))
             metrics.assigned.set(len(self._input.assignment()))
-            metrics.set_lags(self._input.lag(self.offsets.positions))
+            lags = self._input.lag(self.offsets.positions)
+            metrics.set_lags(lags)
+            self.last_lag = sum(lags.values()) if lags else None
             # At most one block per batch, so draining a backlog does not flood the terminal.
             if self.insights.processed // every > blocks_printed:
                 blocks_printed = self.insights.processed // every
@@ -284,6 +300,7 @@ class Pipeline:
             {part.partition: part.offsets[0] for part in polled},
             {part.partition: part.offsets[-1] + 1 for part in polled},
             results,
+            processed_at=processed_at,
         )
 
     def _settle(self, keep: int, within: float | None = None) -> int:
@@ -337,6 +354,9 @@ class Pipeline:
                 for result in batch.results:
                     insights.observe(result)
                 valid = insights.valid - valid_before
+                if self.live is not None:
+                    partitions = {partition.partition for partition in batch.first_offsets}
+                    self.live.observe(batch.results, partitions, batch.processed_at)
             self.metrics.acknowledged.labels("output").inc(valid)
             self.metrics.acknowledged.labels("dlq").inc(len(batch.results) - valid)
             self.metrics.acknowledgement.observe(time.monotonic() - batch.handed_at)
@@ -389,6 +409,11 @@ class Pipeline:
             pass  # rewound and left uncommitted; whoever owns the partitions next processes it again
         except OutputGone:
             self.offsets.in_flight.clear()  # the run loop meets the same error at its next hand-over and stops
+        if self.live is not None:
+            # The open windows go out as partials now: whoever takes the partitions starts new ones,
+            # and a reader adds the two up.
+            with self.insights.lock:
+                self.live.flush("revoke", REVOKE_PUBLISH_S)
         offsets = self.offsets.take_commit()
         self.offsets.forget(revoked)
         return offsets
@@ -410,6 +435,14 @@ class Pipeline:
         if self._stop.requested:
             reasons.append("stopping")
         return Verdict(not reasons, tuple(reasons))
+
+    def this_instance(self) -> dict[str, Any]:
+        """This instance's part of /api/insights: running totals and live windows. Called from HTTP threads."""
+        with self.insights.lock:
+            return {
+                "running_totals": self.insights.snapshot(self.last_lag),
+                **(self.live.snapshot() if self.live is not None else {}),
+            }
 
     def _print_insights(self, final: bool = False) -> None:
         lags = self._input.lag(self.offsets.positions)
@@ -435,22 +468,38 @@ def _processing_error(error: Exception, partition: Partition, offset: int) -> Re
     return Rejection(PROCESSING_ERROR, None, f"process_message raised {type(error).__name__}")
 
 
-def main(config: Config, process: Process) -> int:
-    """Run the pipeline with signal handling and its status endpoints; startup problems: one line, exit 1."""
+def main(config: Config, process: Process, pseudonymize: Callable[[str], str]) -> int:
+    """Run the pipeline with signal handling and its HTTP server; startup problems: one line, exit 1.
+
+    `pseudonymize` hashes a user id for the alerts, with the key that hashes ip and device_id.
+    """
     stop = StopRequest()
     stop.install()
     try:
         source, output = engines.connect(config)
+        live = view = None
+        if config.live_insights:
+            since = time.time() - KEPT_WINDOWS * config.windows.size_s
+            publisher, feed = engines.live_channels(config, since)
+            live = LiveInsights(config, publisher, pseudonymize)
+            view = GroupView(config.insights_topic, config.alerts_topic)
     except StartupError as error:
         log.error("%s", error)
         return 1
-    pipeline = Pipeline(config, process, source, output, stop)
-    with serving(
-        config.metrics_host,
-        config.metrics_port,
-        pipeline.metrics.registry,
-        pipeline.liveness,
-        pipeline.readiness,
-        lambda: engines.probes(config),
-    ):
-        return pipeline.run()
+    pipeline = Pipeline(config, process, source, output, stop, live=live)
+    reader = FeedReader(feed, view).start() if view is not None else None
+    pages = web.pages(pipeline.this_instance, view) if view is not None else {}
+    try:
+        with serving(
+            config.metrics_host,
+            config.metrics_port,
+            pipeline.metrics.registry,
+            pipeline.liveness,
+            pipeline.readiness,
+            lambda: engines.probes(config),
+            pages,
+        ):
+            return pipeline.run()
+    finally:
+        if reader is not None:
+            reader.stop()

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Hashable
 from hashlib import blake2b
+from typing import Generic, TypeVar
+
+Value = TypeVar("Value", bound=Hashable)
 
 
 class HyperLogLog:
@@ -17,12 +21,25 @@ class HyperLogLog:
 
     STANDARD_ERROR = 1.04 / 64  # 1.04 / sqrt(2**12)
 
-    def __init__(self, precision: int = 12) -> None:
-        self._p = precision
-        self._m = 1 << precision
-        self._rest_bits = 64 - precision
-        self._registers = bytearray(self._m)
+    PRECISION = 12
+    MAX_RANK = 64 - PRECISION + 1
+
+    def __init__(self, registers: bytes | None = None) -> None:
+        self._m = 1 << self.PRECISION
+        self._rest_bits = 64 - self.PRECISION
+        self._registers = bytearray(self._m) if registers is None else bytearray(registers)
+        if len(self._registers) != self._m or max(self._registers) > self.MAX_RANK:
+            raise ValueError(f"a HyperLogLog has {self._m} registers of at most {self.MAX_RANK}")
         self._alpha = 0.7213 / (1 + 1.079 / self._m)
+
+    @property
+    def registers(self) -> bytes:
+        """The registers: another process's HyperLogLog(registers) estimates the same set."""
+        return bytes(self._registers)
+
+    def merge(self, other: HyperLogLog) -> None:
+        """Become the union: the estimate of every item either one saw, exactly as if one had seen them all."""
+        self._registers = bytearray(map(max, self._registers, other._registers))
 
     def add(self, item: str) -> None:
         x = int.from_bytes(blake2b(item.encode(), digest_size=8).digest(), "big")
@@ -40,7 +57,7 @@ class HyperLogLog:
         return round(estimate)
 
 
-class CappedCounts:
+class CappedCounts(Generic[Value]):
     """Exact counts of the first `capacity` distinct values; every later new value is counted in `other`.
 
     The domains counted (device types, locales, app versions) have tens of values, so every count
@@ -50,13 +67,13 @@ class CappedCounts:
 
     def __init__(self, capacity: int = 256) -> None:
         self._capacity = capacity
-        self._counts: dict[str, int] = {}
+        self.counts: dict[Value, int] = {}
         self.other = 0
         self.total = 0
 
-    def add(self, value: str) -> None:
+    def add(self, value: Value) -> None:
         self.total += 1
-        counts = self._counts
+        counts = self.counts
         if value in counts:
             counts[value] += 1
         elif len(counts) < self._capacity:
@@ -64,9 +81,23 @@ class CappedCounts:
         else:
             self.other += 1
 
-    def top(self, n: int) -> list[tuple[str, int]]:
+    def add_count(self, value: Value, count: int) -> None:
+        """`count` more of `value`, under the same capacity rule."""
+        self.total += count
+        if value in self.counts or len(self.counts) < self._capacity:
+            self.counts[value] = self.counts.get(value, 0) + count
+        else:
+            self.other += count
+
+    def merge(self, other: CappedCounts[Value]) -> None:
+        for value, count in other.counts.items():
+            self.add_count(value, count)
+        self.other += other.other
+        self.total += other.other
+
+    def top(self, n: int) -> list[tuple[Value, int]]:
         """The n largest exact counts, largest first (ties by value)."""
-        return sorted(self._counts.items(), key=lambda pair: (-pair[1], pair[0]))[:n]
+        return sorted(self.counts.items(), key=lambda pair: (-pair[1], pair[0]))[:n]
 
 
 class LogHistogram:
@@ -83,6 +114,19 @@ class LogHistogram:
         self._counts[bisect.bisect_left(self._bounds, value)] += 1
         self.total += 1
         self.sum += value
+
+    def counts(self) -> dict[int, int]:
+        """The non-empty buckets, by index: what `merge_counts` adds back, in this or another process."""
+        return {index: count for index, count in enumerate(self._counts) if count}
+
+    def merge_counts(self, counts: dict[int, int], value_sum: float) -> None:
+        """Add another histogram's buckets (same bounds) and the sum of its values; ValueError for a bad index."""
+        for index, count in counts.items():
+            if not 0 <= index < len(self._counts) or count < 0:
+                raise ValueError(f"no bucket {index} with {count} values")
+            self._counts[index] += count
+            self.total += count
+        self.sum += value_sum
 
     def cumulative(self, every: int) -> list[tuple[float, int]]:
         """(bound, how many values are at most it) at every `every`-th bucket bound, then (inf, all):

@@ -1,4 +1,4 @@
-"""/metrics, /livez and /readyz over HTTP, served from threads of their own (METRICS_PORT, METRICS_HOST).
+"""/metrics, /livez, /readyz and the live insights' pages over HTTP, on threads of their own.
 
 - `/metrics`: the Prometheus text format, prometheus_client's exposition of the pipeline's registry.
 - `/livez`: 200 while the run loop comes round within LIVENESS_TIMEOUT_S; else 503, for Kubernetes
@@ -7,6 +7,8 @@
 - `/readyz`: 200 only when both clusters answered a probe within READY_WINDOW_S, the member holds
   its assignment (possibly none, in a group with more members than partitions) and the output is
   alive; else 503 with what is missing, one reason a line.
+
+- The pages given (login_pipeline.web: the dashboard at `/`, `/api/insights`, `/api/alerts`).
 
 Nothing else is served: other paths 404, other methods 405. A request must arrive whole within
 REQUEST_TIMEOUT_S, and at most MAX_CONNECTIONS are served at once (more are closed with 503), so a
@@ -38,6 +40,11 @@ REQUEST_TIMEOUT_S = 5.0
 MAX_CONNECTIONS = 64
 
 ClusterProbe = Callable[[], bool]  # one bounded request to a cluster: True when it answered
+
+
+class Page(NamedTuple):
+    body: bytes
+    content_type: str
 
 
 class Verdict(NamedTuple):
@@ -90,9 +97,10 @@ class StatusServer:
         registry: CollectorRegistry,
         live: Callable[[], Verdict],
         ready: Callable[[], Verdict],
+        pages: dict[str, Callable[[], Page]] | None = None,
     ) -> None:
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        handler = _handler(registry, {"/livez": live, "/readyz": ready}, self._slots)
+        handler = _handler(registry, {"/livez": live, "/readyz": ready}, pages or {}, self._slots)
         self._server = _Server((host, port), handler)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="status-server", daemon=True)
@@ -121,7 +129,14 @@ class _Server(ThreadingHTTPServer):
             log.warning("answering an HTTP request failed: %s", type(error).__name__)
 
 
-def _handler(registry: CollectorRegistry, probes: dict[str, Callable[[], Verdict]], slots: threading.BoundedSemaphore):
+def _handler(
+    registry: CollectorRegistry,
+    probes: dict[str, Callable[[], Verdict]],
+    pages: dict[str, Callable[[], Page]],
+    slots: threading.BoundedSemaphore,
+):
+    paths = ", ".join(["/metrics", *probes, *pages])
+
     class Handler(BaseHTTPRequestHandler):
         timeout = REQUEST_TIMEOUT_S  # the socket's: a request that does not arrive whole in time is dropped
         server_version = "login-processor"
@@ -145,8 +160,11 @@ def _handler(registry: CollectorRegistry, probes: dict[str, Callable[[], Verdict
                 verdict = probes[path]()
                 body = "ok\n" if verdict.ok else "".join(f"{reason}\n" for reason in verdict.reasons)
                 self._reply(200 if verdict.ok else 503, body.encode(), "text/plain; charset=utf-8")
+            elif path in pages:
+                page = pages[path]()
+                self._reply(200, page.body, page.content_type)
             else:
-                self._reply(404, b"not found: try /metrics, /livez or /readyz\n", "text/plain; charset=utf-8")
+                self._reply(404, f"not found: try {paths}\n".encode(), "text/plain; charset=utf-8")
 
         def do_HEAD(self) -> None:
             self.do_GET()
@@ -156,6 +174,10 @@ def _handler(registry: CollectorRegistry, probes: dict[str, Callable[[], Verdict
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
+            # The dashboard loads nothing from elsewhere and may not be framed: a page of ours cannot be
+            # made to run another site's script, nor be overlaid on one.
+            self.send_header("Content-Security-Policy", "default-src 'self'; frame-ancestors 'none'")
+            self.send_header("X-Content-Type-Options", "nosniff")
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(body)
@@ -181,6 +203,7 @@ def serving(
     live: Callable[[], Verdict],
     ready: Callable[[list[str]], Verdict],
     probes: Callable[[], dict[str, ClusterProbe]],
+    pages: dict[str, Callable[[], Page]] | None = None,
 ) -> Iterator[StatusServer | None]:
     """Serve for the duration; with port 0, or a port already taken, nothing is served (a warning says so).
 
@@ -191,7 +214,7 @@ def serving(
         return
     watch = ClusterWatch(probes())
     try:
-        server = StatusServer(host, port, registry, live, lambda: ready(watch.silent()))
+        server = StatusServer(host, port, registry, live, lambda: ready(watch.silent()), pages)
         # The same verdicts as the probes, for alerting rules (Prometheus cannot call /readyz itself).
         Gauge(f"{PREFIX}_ready", "1 while /readyz answers 200, else 0.", registry=registry).set_function(
             lambda: float(ready(watch.silent()).ok)
@@ -210,7 +233,12 @@ def serving(
         return
     watch.start()
     server.start()
-    log.info("serving /metrics, /livez and /readyz on http://%s:%d", host, server.port)
+    log.info(
+        "serving %s on http://%s:%d",
+        "/metrics, /livez, /readyz" + (", /api and the dashboard at /" if pages else ""),
+        host,
+        server.port,
+    )
     try:
         yield server
     finally:

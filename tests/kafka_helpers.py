@@ -16,7 +16,7 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
 from local_kafka.brokers import PROJECT_DIR, Cluster, Pair, create_topics, grant, unique_name
-from local_kafka.secure import PROCESSOR, processor_grants, producer_grants
+from local_kafka.secure import PROCESSOR, processor_grants, producer_grants, reader_grants
 
 # Runs a test on the plain pair and on the secured one (SASL_SSL, SCRAM, ACLs), as `kafka`.
 on_both_pairs = pytest.mark.parametrize("kafka", ["plaintext", "sasl_ssl"], indirect=True)
@@ -117,6 +117,8 @@ class Topics:
     output: str
     dlq: str
     group: str
+    insights: str
+    alerts: str
 
     @classmethod
     def create(cls, kafka: Pair, partitions: int = 3, acls: bool = True) -> Topics:
@@ -127,12 +129,19 @@ class Topics:
             unique_name("processed-logins"),
             unique_name("user-login-dlq"),
             unique_name("group"),
+            unique_name("login-insights"),
+            unique_name("login-alerts"),
         )
         create_topics(kafka.input, partitions, topics.input)
         create_topics(kafka.output, partitions, topics.output, topics.dlq)
+        create_topics(kafka.output, 1, topics.insights, topics.alerts)
         if kafka.input.security is not None and acls:
             grant(kafka.input, *processor_grants(PROCESSOR, topics.input, topics.group))
-            grant(kafka.output, *producer_grants(PROCESSOR, topics.output, topics.dlq))
+            grant(
+                kafka.output,
+                *producer_grants(PROCESSOR, topics.output, topics.dlq, topics.insights, topics.alerts),
+                *reader_grants(PROCESSOR, topics.insights, topics.alerts),
+            )
         return topics
 
 
@@ -152,6 +161,8 @@ class Processor:
             "INPUT_TOPIC": topics.input,
             "OUTPUT_TOPIC": topics.output,
             "DLQ_TOPIC": topics.dlq,
+            "INSIGHTS_TOPIC": topics.insights,
+            "ALERTS_TOPIC": topics.alerts,
             "CONSUMER_GROUP": topics.group,
             "PII_HASH_KEY": TEST_PII_KEY,
             "KAFKA_CLIENT": engine,

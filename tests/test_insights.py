@@ -60,7 +60,7 @@ def test_capped_counts_are_exact_up_to_capacity_and_count_the_rest_as_other():
         counts.add(f"value-{n % 40}")  # 40 values, 25 each: more than the capacity
     assert counts.total == 1000 and counts.other == 30 * 25
     assert counts.top(3) == [("value-0", 25), ("value-1", 25), ("value-2", 25)]  # value-10 came too late
-    assert len(counts._counts) == 10
+    assert len(counts.counts) == 10
 
 
 def test_log_histogram_quantiles_are_within_a_bucket():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Callable
 
-from login_pipeline.client import Input, Output, StartupError
+from login_pipeline.client import Feed, Input, Output, Publisher, StartupError
 from login_pipeline.config import KAFKA_PYTHON, Config
 from login_pipeline.refusals import access
 
@@ -22,15 +22,27 @@ def connect(config: Config) -> tuple[Input, Output]:
     """Check both clusters and their topics, start the output, join the group; StartupError says why not.
 
     What the pipeline needs is decided here, once for every engine: READ on the input topic, WRITE
-    on the output and dead-letter topics (whose size limits come back from the check).
+    on the output and dead-letter topics (whose size limits come back from the check), and with
+    live insights READ and WRITE on the insights and alerts topics.
     """
     engine = _engine(config)
     security = engine.client_security(config)
     engine.check_topics(access(config, "input"), security, [config.input_topic], "READ")
-    size_limits = engine.check_topics(
-        access(config, "output"), security, [config.output_topic, config.dlq_topic], "WRITE"
-    )
+    output = access(config, "output")
+    written = [config.output_topic, config.dlq_topic]
+    if config.live_insights:
+        written += [config.insights_topic, config.alerts_topic]
+        engine.check_topics(output, security, [config.insights_topic, config.alerts_topic], "READ")
+    size_limits = engine.check_topics(output, security, written, "WRITE")
     return engine.connect(config, security, size_limits)
+
+
+def live_channels(config: Config, since_s: float) -> tuple[Publisher, Feed]:
+    """For live insights: a publisher to the output cluster, and a feed of its insights and alerts
+    topics from `since_s` (epoch seconds) on. The topics were checked by `connect`."""
+    engine = _engine(config)
+    topics = [config.insights_topic, config.alerts_topic]
+    return engine.live_channels(config.output_bootstrap_servers, engine.client_security(config), topics, since_s)
 
 
 def probes(config: Config) -> dict[str, Callable[[], bool]]:

@@ -21,6 +21,7 @@ from login_pipeline.client import (
     AssignHandler,
     BatchReport,
     CommitAnswerHandler,
+    FeedRecord,
     HandOver,
     InputRefused,
     InputUnavailable,
@@ -505,3 +506,102 @@ class ConfluentOutput:
             self._producer.flush(10)
         except KafkaException as error:  # a producer in the fatal state refuses even to flush
             log.warning("the producer could not flush on close (%s)", error.args[0].name())
+
+
+PUBLISH_BLOCK_S = 1.0
+
+
+class ConfluentPublisher:
+    """login_pipeline.client.Publisher: a librdkafka producer of its own, beside the output's."""
+
+    def __init__(self, servers: tuple[str, ...], security: dict[str, Any]) -> None:
+        self._producer = Producer({**producer_settings(servers), "linger.ms": 0, **security})
+        self.failed = 0
+
+    def publish(self, topic: str, key: bytes, value: bytes) -> bool:
+        try:
+            self._producer.produce(topic, value, key, on_delivery=self._delivered)
+        except (BufferError, KafkaException) as error:
+            self.failed += 1
+            log.error("a record for %s was not published: %s", topic, type(error).__name__)
+            return False
+        self._producer.poll(0)  # serves earlier delivery reports
+        return True
+
+    def _delivered(self, error: Optional[KafkaError], message) -> None:
+        if error is not None:
+            self.failed += 1
+            log.error("a record for %s was not published: %s", message.topic(), error.name())
+
+    def flush(self, timeout_s: float) -> int:
+        return self._producer.flush(timeout_s)
+
+    def close(self) -> None:
+        self._producer.flush(5.0)
+
+
+class ConfluentFeed:
+    """login_pipeline.client.Feed: a consumer assigned every partition of `topics`, each starting at its
+    first record stamped at or after `since_s`. librdkafka wants a group.id; this one never joins
+    or commits (assign, not subscribe), so it needs no group ACL."""
+
+    def __init__(self, servers: tuple[str, ...], security: dict[str, Any], topics: list[str], since_s: float) -> None:
+        self._settings = {
+            "bootstrap.servers": ",".join(servers),
+            "group.id": "login-processor-feed",
+            "client.id": "login-processor-feed",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "logger": client_log,
+            **security,
+        }
+        self._topics = topics
+        self._since_ms = int(since_s * 1000)
+        self._consumer: Optional[Consumer] = None
+
+    def poll(self, timeout_s: float) -> list[FeedRecord]:
+        try:
+            if self._consumer is None:
+                self._consumer = self._assigned(timeout_s)
+            messages = self._consumer.consume(500, timeout_s)
+        except KafkaException as error:
+            log.warning("reading %s failed (%s); trying again", ", ".join(self._topics), error.args[0].name())
+            self.close()
+            time.sleep(timeout_s)
+            return []
+        return [
+            FeedRecord(
+                cast(str, message.topic()), cast(int, message.partition()), cast(int, message.offset()), message.value()
+            )
+            for message in messages
+            if message.error() is None
+        ]
+
+    def _assigned(self, timeout_s: float) -> Consumer:
+        consumer = Consumer(self._settings)
+        try:
+            metadata = consumer.list_topics(timeout=max(timeout_s, 5.0))
+            wanted = [
+                TopicPartition(topic, number, self._since_ms)
+                for topic in self._topics
+                if topic in metadata.topics
+                for number in sorted(metadata.topics[topic].partitions)
+            ]
+            starts = consumer.offsets_for_times(wanted, timeout=max(timeout_s, 5.0)) if wanted else []
+            # No record at or after the time: start at the end (-1, librdkafka's OFFSET_END).
+            consumer.assign([TopicPartition(s.topic, s.partition, s.offset if s.offset >= 0 else -1) for s in starts])
+        except Exception:
+            consumer.close()
+            raise
+        return consumer
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+
+def live_channels(
+    servers: tuple[str, ...], security: dict[str, Any], topics: list[str], since_s: float
+) -> tuple[ConfluentPublisher, ConfluentFeed]:
+    return ConfluentPublisher(servers, security), ConfluentFeed(servers, security, topics, since_s)

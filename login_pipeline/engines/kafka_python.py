@@ -6,9 +6,11 @@ Why a child process for the producer: see login_pipeline.engines.kafka_python_ou
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from typing import Any, Callable, Optional
 
-from kafka import AsyncConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka import AsyncConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.errors import CommitFailedError, KafkaError, RetriableError, for_code
 from kafka.structs import OffsetAndMetadata
@@ -16,6 +18,7 @@ from kafka.structs import OffsetAndMetadata
 from login_pipeline.client import (
     AssignHandler,
     CommitAnswerHandler,
+    FeedRecord,
     InputRefused,
     InputUnavailable,
     OutputGone,
@@ -281,3 +284,116 @@ def _size_limits(admin: KafkaAdminClient, topics: list[str]) -> dict[str, int]:
         }
     except KafkaError as error:
         return unknown_size_limits(topics, error)
+
+
+PUBLISH_BLOCK_MS = 1_000  # the longest a publish may hold the run loop while the output cluster is unknown
+
+
+class KafkaPythonPublisher:
+    """login_pipeline.client.Publisher: a KafkaProducer in the run loop's process (a record a minute
+    and the odd alert: too few to be worth the output process's pickling)."""
+
+    def __init__(self, servers: tuple[str, ...], security: dict[str, Any]) -> None:
+        settings = {**producer_settings(servers), "max_block_ms": PUBLISH_BLOCK_MS, "linger_ms": 0, **security}
+        self._producer = KafkaProducer(**settings)
+        self._lock = threading.Lock()
+        self._pending = 0
+        self.failed = 0
+
+    def publish(self, topic: str, key: bytes, value: bytes) -> bool:
+        try:
+            future = self._producer.send(topic, key=key, value=value)
+        except KafkaError as error:
+            self._settled(topic, error, queued=False)
+            return False
+        with self._lock:
+            self._pending += 1
+        future.add_callback(lambda _metadata: self._settled(topic, None))
+        future.add_errback(lambda error: self._settled(topic, error))
+        return True
+
+    def _settled(self, topic: str, error: Optional[Exception], queued: bool = True) -> None:
+        with self._lock:
+            self._pending -= queued
+            if error is not None:
+                self.failed += 1
+        if error is not None:
+            log.error("a record for %s was not published: %s", topic, type(error).__name__)
+
+    def flush(self, timeout_s: float) -> int:
+        try:
+            self._producer.flush(timeout=timeout_s)
+        except KafkaError:
+            pass  # what is still pending says how much
+        with self._lock:
+            return self._pending
+
+    def close(self) -> None:
+        self._producer.close(timeout=5)
+
+
+class KafkaPythonFeed:
+    """login_pipeline.client.Feed: a KafkaConsumer with no group, assigned every partition of `topics`,
+    each starting at its first record stamped at or after `since_s` (epoch seconds)."""
+
+    def __init__(self, servers: tuple[str, ...], security: dict[str, Any], topics: list[str], since_s: float) -> None:
+        self._settings = dict(
+            bootstrap_servers=list(servers),
+            group_id=None,
+            client_id="login-processor-feed",
+            enable_auto_commit=False,
+            request_timeout_ms=10_000,
+            reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
+            **security,
+        )
+        self._topics = topics
+        self._since_ms = int(since_s * 1000)
+        self._consumer: Optional[KafkaConsumer] = None
+
+    def poll(self, timeout_s: float) -> list[FeedRecord]:
+        try:
+            if self._consumer is None:
+                self._consumer = self._assigned()
+            polled = self._consumer.poll(timeout_ms=int(timeout_s * 1000))
+        except KafkaError as error:
+            log.warning("reading %s failed (%s); trying again", ", ".join(self._topics), type(error).__name__)
+            self.close()
+            time.sleep(timeout_s)
+            return []
+        return [
+            FeedRecord(part.topic, part.partition, record.offset, record.value)
+            for part, records in polled.items()
+            for record in records
+        ]
+
+    def _assigned(self) -> KafkaConsumer:
+        consumer = KafkaConsumer(**self._settings)
+        try:
+            partitions = [
+                TopicPartition(topic, number)
+                for topic in self._topics
+                for number in sorted(consumer.partitions_for_topic(topic) or ())
+            ]
+            consumer.assign(partitions)
+            starts = consumer.offsets_for_times(dict.fromkeys(partitions, self._since_ms))
+            for partition in partitions:
+                found = starts.get(partition)
+                if found is None:
+                    consumer.seek_to_end(partition)
+                else:
+                    consumer.seek(partition, found.offset)
+        except Exception:
+            consumer.close()
+            raise
+        return consumer
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+
+def live_channels(
+    servers: tuple[str, ...], security: dict[str, Any], topics: list[str], since_s: float
+) -> tuple[KafkaPythonPublisher, KafkaPythonFeed]:
+    return KafkaPythonPublisher(servers, security), KafkaPythonFeed(servers, security, topics, since_s)

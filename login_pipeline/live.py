@@ -1,0 +1,265 @@
+"""Live insights: this process's windows and alerts, published as they close, and the group's view read back.
+
+Two halves, meeting only in Kafka:
+- `LiveInsights`, the run loop's side. `observe` takes each delivered batch (inside the run loop,
+  under the insights' lock) and publishes the alerts it raises; `tick`, once a loop turn, publishes
+  the windows that closed; `flush` publishes every open window as a partial record before
+  partitions go (a revoke) or the process ends (a stop), and waits a bounded time for them.
+  Publishing never blocks the loop longer than the Publisher's bound; a record it cannot publish is
+  counted and logged, and processing goes on: these records are derived, the input is not held
+  back for them.
+- `GroupView`, fed by a `FeedReader` thread from the login-insights and login-alerts topics: every
+  instance's partial records, validated against schemas/ and merged per window, and the recent
+  alerts. So any instance's /api/insights and dashboard show the whole group.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
+
+import jsonschema
+import orjson
+
+from login_pipeline.alerts import Alert, AlertRules
+from login_pipeline.client import Feed, FeedRecord, Publisher
+from login_pipeline.config import Config
+from login_pipeline.results import ProcessingResult
+from login_pipeline.sketches import HyperLogLog
+from login_pipeline.windows import Closed, TumblingWindows, WindowSummary, iso
+
+log = logging.getLogger(__name__)
+
+SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
+KEPT_WINDOWS = 120  # merged windows the view keeps (two hours of one-minute windows)
+KEPT_ALERTS = 100
+FEED_POLL_S = 1.0
+MAX_FEED_RECORD_BYTES = 64 * 1024  # a window record is about 9 KB; anything far larger is not one of ours
+
+
+def instance_name() -> str:
+    """Which processor this is, in records and on the dashboard: host and process id (never input data)."""
+    return f"{socket.gethostname()[:100]}-{os.getpid()}"
+
+
+class LiveInsights:
+    """The run loop's side; see the module's doc. Every method is called from the run loop's thread."""
+
+    def __init__(
+        self,
+        config: Config,
+        publisher: Publisher,
+        pseudonymize: Callable[[str], str],
+        wall_clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._publisher = publisher
+        self._insights_topic = config.insights_topic
+        self._alerts_topic = config.alerts_topic
+        self._wall_clock = wall_clock
+        self._monotonic = monotonic
+        self.instance = instance_name()
+        settings = config.windows
+        self.windows = TumblingWindows(settings.size_s, settings.grace_s, settings.idle_s)
+        self.rules = AlertRules(config.alerts, pseudonymize)
+        self.windows_published = 0
+        self.alerts_raised: dict[str, int] = {}  # by rule: four keys at most
+
+    def observe(self, results: list[ProcessingResult], partitions: set[int], processed_at: float) -> None:
+        self.windows.observe(results, partitions, processed_at, self._monotonic())
+        for alert in self.rules.observe(results):
+            self._publish_alert(alert)
+
+    def tick(self) -> None:
+        self._publish(self.windows.due(self._wall_clock(), self._monotonic()))
+        self.rules.expire()
+
+    def flush(self, reason: str, timeout_s: float) -> None:
+        """Every open window as a partial record; waits at most `timeout_s` for the cluster to take them."""
+        self._publish(self.windows.flush(reason))
+        undelivered = self._publisher.flush(timeout_s)
+        if undelivered:
+            log.error("%d window or alert records were not acknowledged within %.0f s", undelivered, timeout_s)
+
+    def close(self) -> None:
+        self._publisher.close()
+
+    def snapshot(self) -> dict[str, Any]:
+        """This instance's open windows and counters, for /api/insights; call under the insights' lock."""
+        windows = self.windows
+        return {
+            "instance": self.instance,
+            "insights_topic": self._insights_topic,
+            "window_size_s": windows.size_s,
+            "window_grace_s": windows.grace_s,
+            "open_windows": [window_view(window) for _, window in sorted(windows.open.items())],
+            "windows_published": self.windows_published,
+            "alerts_raised": dict(sorted(self.alerts_raised.items())),
+            "alert_subjects_kept": sum(len(state) for state in self.rules.states()),
+            "alert_subjects_evicted": self.rules.evicted(),
+            "publish_failures": self.publish_failures,
+        }
+
+    @property
+    def publish_failures(self) -> int:
+        return self._publisher.failed
+
+    def _publish(self, closed: list[Closed]) -> None:
+        now = self._wall_clock()
+        for window in closed:
+            record = window.summary.to_record(self.instance, window.closed_by, now)
+            self._publisher.publish(self._insights_topic, record["window_start"].encode(), orjson.dumps(record))
+            self.windows_published += 1
+
+    def _publish_alert(self, alert: Alert) -> None:
+        record = alert.to_record(self.instance, self._wall_clock())
+        self._publisher.publish(self._alerts_topic, alert.subject_hash.encode(), orjson.dumps(record))
+        self.alerts_raised[alert.rule] = self.alerts_raised.get(alert.rule, 0) + 1
+
+
+@dataclass
+class MergedWindow:
+    summary: WindowSummary
+    instances: set[str]
+    records: int
+
+
+class GroupView:
+    """Closed windows (merged across every instance's partial records) and recent alerts, read from Kafka.
+
+    Thread-safe: the feed thread adds, HTTP threads read. A record that is not valid JSON, fails its
+    schema, or carries registers that are not a HyperLogLog's is counted in `unreadable` and skipped;
+    a record read twice (a reconnect reads from the same time again) is counted once.
+    """
+
+    def __init__(self, insights_topic: str, alerts_topic: str) -> None:
+        self._insights_topic = insights_topic
+        self._alerts_topic = alerts_topic
+        self._windows: dict[tuple[int, int], MergedWindow] = {}
+        self._alerts: deque[dict[str, Any]] = deque(maxlen=KEPT_ALERTS)
+        self._next_offsets: dict[tuple[str, int], int] = {}
+        self._lock = threading.Lock()
+        self.unreadable = 0
+
+    def take(self, record: FeedRecord) -> None:
+        with self._lock:
+            position = (record.topic, record.partition)
+            if record.offset < self._next_offsets.get(position, 0):
+                return
+            self._next_offsets[position] = record.offset + 1
+            try:
+                if record.value is None or len(record.value) > MAX_FEED_RECORD_BYTES:
+                    raise ValueError("not a record of ours")
+                value = orjson.loads(record.value)
+                if record.topic == self._insights_topic:
+                    _validator("login-insights").validate(value)
+                    self._merge(WindowSummary.from_record(value), value["instance"])
+                elif record.topic == self._alerts_topic:
+                    _validator("login-alerts").validate(value)
+                    self._alerts.appendleft(value)
+            except (ValueError, KeyError, TypeError, jsonschema.ValidationError):
+                self.unreadable += 1
+
+    def _merge(self, summary: WindowSummary, instance: str) -> None:
+        key = (summary.start, summary.size_s)
+        merged = self._windows.get(key)
+        if merged is None:
+            if len(self._windows) >= KEPT_WINDOWS:
+                oldest = min(self._windows)
+                if key < oldest:
+                    return  # older than every window kept: not shown
+                del self._windows[oldest]
+            self._windows[key] = MergedWindow(summary, {instance}, 1)
+            return
+        merged.summary.merge(summary)
+        merged.instances.add(instance)
+        merged.records += 1
+
+    def windows(self) -> list[dict[str, Any]]:
+        """Merged closed windows, newest first, as the API shows them."""
+        with self._lock:
+            return [
+                {**window_view(merged.summary), "instances": sorted(merged.instances), "records": merged.records}
+                for _, merged in sorted(self._windows.items(), reverse=True)
+            ]
+
+    def totals(self) -> dict[str, Any]:
+        """The closed windows kept, added up: counts exact, distinct users from the merged registers."""
+        with self._lock:
+            users = HyperLogLog()
+            totals = {"windows": len(self._windows), "messages": 0, "logins": 0, "rejected": 0}
+            for merged in self._windows.values():
+                summary = merged.summary
+                totals["messages"] += summary.messages
+                totals["logins"] += summary.logins
+                totals["rejected"] += sum(summary.rejected.values())
+                users.merge(summary.users)
+            return {**totals, "distinct_users": users.count(), "unreadable_records": self.unreadable}
+
+    def alerts(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._alerts)
+
+
+def window_view(summary: WindowSummary) -> dict[str, Any]:
+    """A window as the API and the dashboard show it (no registers or buckets)."""
+    return {
+        "window_start": iso(summary.start),
+        "window_size_s": summary.size_s,
+        "partitions": sorted(summary.partitions),
+        "messages": summary.messages,
+        "logins": summary.logins,
+        "repaired": summary.repaired,
+        "rejected": dict(sorted(summary.rejected.items())),
+        "late_events": summary.late_events,
+        "too_late_events": summary.too_late_events,
+        "clock_ahead_events": summary.clock_ahead_events,
+        "distinct_users": summary.users.count(),
+        "device_types": summary.shares(0),
+        "locales": summary.shares(1),
+        "app_versions": summary.shares(2),
+        "event_delay_s": summary.delay_quantiles(),
+    }
+
+
+class FeedReader:
+    """A thread that hands every record of a Feed to a GroupView until stopped."""
+
+    def __init__(self, feed: Feed, view: GroupView) -> None:
+        self._feed = feed
+        self._view = view
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, name="insights-feed", daemon=True)
+
+    def start(self) -> FeedReader:
+        self._thread.start()
+        return self
+
+    def _read(self) -> None:
+        try:
+            while not self._stop.is_set():
+                for record in self._feed.poll(FEED_POLL_S):
+                    self._view.take(record)
+        except Exception as error:  # the view must not take the process down; it only stops updating
+            log.error("reading the insights topics stopped: %s", type(error).__name__)
+        finally:
+            self._feed.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=FEED_POLL_S + 10)
+
+
+@lru_cache(maxsize=2)
+def _validator(name: str) -> jsonschema.protocols.Validator:
+    schema = json.loads((SCHEMAS / f"{name}.schema.json").read_text())
+    return jsonschema.Draft202012Validator(schema)

@@ -1,0 +1,239 @@
+"""Event-time tumbling windows over delivered messages, each closed into one mergeable summary. No I/O here.
+
+Contract of `TumblingWindows`:
+- A valid login counts in the window of its login_ts; one stamped after the time it was processed
+  counts at its processing time instead (`clock_ahead_events`), so a clock far ahead cannot close
+  every window at once. A rejected message has no event time to trust: it counts in the window of
+  the time it was processed.
+- The watermark is the newest event time seen. A window closes when the watermark passes its end
+  plus `grace_s`, and also, when nothing was delivered for `idle_s`, once the wall clock passes its
+  end plus grace: the last window of a quiet stream is not held back forever.
+- A login for a window that has ended but not closed is counted in it (`late_events`); one for a
+  window already closed is counted, as `too_late_events`, in the window of its processing time. No
+  message is dropped uncounted.
+- At most MAX_OPEN_WINDOWS are open; past that the oldest closes early ("capacity").
+- `flush(reason)` closes every open window as it stands (a stop, a revoke): a later summary of the
+  same window, from this process or another, adds to it exactly (`WindowSummary.merge`). So a
+  restart or a rebalance loses nothing; a crash loses the open windows' counts of what was
+  committed before it.
+
+The summaries are computed from the messages whose batch the output acknowledged, like the insights:
+a retried batch counts once.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+from login_pipeline.results import ProcessedLogin, ProcessingResult
+from login_pipeline.sketches import CappedCounts, HyperLogLog, LogHistogram
+
+MAX_OPEN_WINDOWS = 64
+# (device type, locale, app version) combinations counted exactly per window; one dict update a login
+# instead of three. Real traffic has hundreds; what does not fit is reported as "other".
+SEGMENT_CAPACITY = 4096
+SCHEMA_VERSION = 1
+DELAY_QUANTILES = (0.5, 0.95, 0.99)
+
+
+@dataclass(eq=False)  # compared by identity: an open window is one object, updated in place
+class WindowSummary:
+    """What one window saw, in one process or merged from several: every field adds up exactly."""
+
+    start: int  # epoch seconds
+    size_s: int
+    messages: int = 0
+    logins: int = 0
+    repaired: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    late_events: int = 0
+    too_late_events: int = 0
+    clock_ahead_events: int = 0
+    segments: CappedCounts = field(default_factory=lambda: CappedCounts(SEGMENT_CAPACITY))
+    users: HyperLogLog = field(default_factory=HyperLogLog)
+    delay: LogHistogram = field(default_factory=LogHistogram)
+    partitions: set[int] = field(default_factory=set)
+
+    @property
+    def end(self) -> int:
+        return self.start + self.size_s
+
+    def shares(self, position: int) -> dict[str, Any]:
+        """Logins by device type (0), locale (1) or app version (2), and `other`: those that did not fit."""
+        counts: Counter[str] = Counter()
+        for segment, count in self.segments.counts.items():
+            counts[segment[position]] += count
+        return {"counts": dict(counts.most_common()), "other": self.segments.other}
+
+    def merge(self, other: WindowSummary) -> None:
+        """Add another summary of the same window (another process's partitions, or a later part)."""
+        if (other.start, other.size_s) != (self.start, self.size_s):
+            raise ValueError("summaries of different windows do not merge")
+        self.messages += other.messages
+        self.logins += other.logins
+        self.repaired += other.repaired
+        self.rejected.update(other.rejected)
+        self.late_events += other.late_events
+        self.too_late_events += other.too_late_events
+        self.clock_ahead_events += other.clock_ahead_events
+        self.segments.merge(other.segments)
+        self.users.merge(other.users)
+        self.delay.merge_counts(other.delay.counts(), other.delay.sum)
+        self.partitions |= other.partitions
+
+    def to_record(self, instance: str, closed_by: str, emitted_at: float) -> dict[str, Any]:
+        """The login-insights record (schemas/login-insights.schema.json)."""
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "window_start": iso(self.start),
+            "window_start_ts": self.start,
+            "window_size_s": self.size_s,
+            "instance": instance,
+            "partitions": sorted(self.partitions),
+            "closed_by": closed_by,
+            "emitted_at": iso(emitted_at),
+            "messages": self.messages,
+            "logins": self.logins,
+            "repaired": self.repaired,
+            "rejected": dict(sorted(self.rejected.items())),
+            "late_events": self.late_events,
+            "too_late_events": self.too_late_events,
+            "clock_ahead_events": self.clock_ahead_events,
+            "segments": [[*segment, count] for segment, count in sorted(self.segments.counts.items())],
+            "segments_other": self.segments.other,
+            "distinct_users": self.users.count(),
+            "users_hll": base64.b64encode(self.users.registers).decode(),
+            "event_delay_s": self.delay_quantiles(),
+            "event_delay_buckets": {str(index): count for index, count in self.delay.counts().items()},
+            "event_delay_sum_s": self.delay.sum,
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> WindowSummary:
+        """The summary a login-insights record carries; ValueError (or KeyError, TypeError) when it is not one.
+
+        The record must have passed the schema first; this checks what a schema cannot (the registers).
+        """
+        summary = cls(record["window_start_ts"], record["window_size_s"])
+        summary.messages = record["messages"]
+        summary.logins = record["logins"]
+        summary.repaired = record["repaired"]
+        summary.rejected = Counter(record["rejected"])
+        summary.late_events = record["late_events"]
+        summary.too_late_events = record["too_late_events"]
+        summary.clock_ahead_events = record["clock_ahead_events"]
+        for *segment, count in record["segments"]:
+            summary.segments.add_count(tuple(segment), count)
+        summary.segments.other += record["segments_other"]
+        summary.segments.total += record["segments_other"]
+        summary.users = HyperLogLog(base64.b64decode(record["users_hll"], validate=True))
+        summary.delay.merge_counts(
+            {int(index): count for index, count in record["event_delay_buckets"].items()}, record["event_delay_sum_s"]
+        )
+        summary.partitions = set(record["partitions"])
+        return summary
+
+    def delay_quantiles(self) -> dict[str, Optional[float]]:
+        return {f"p{round(q * 100)}": self.delay.quantile(q) for q in DELAY_QUANTILES}
+
+
+@dataclass(frozen=True)
+class Closed:
+    """A window this process closed, and why: event_time, idle, capacity, revoke or stop."""
+
+    summary: WindowSummary
+    closed_by: str
+
+
+class TumblingWindows:
+    """Open windows of this process, fed whole delivered batches; see the module's contract."""
+
+    def __init__(self, size_s: int, grace_s: int, idle_s: float) -> None:
+        self.size_s = size_s
+        self.grace_s = grace_s
+        self.idle_s = idle_s
+        self.open: dict[int, WindowSummary] = {}  # by start
+        self.watermark: Optional[float] = None
+        self.closed_through: Optional[int] = None  # the end of the newest window closed for good
+        self._last_delivery: Optional[float] = None
+
+    def observe(self, results: list[ProcessingResult], partitions: set[int], processed_at: float, now: float) -> None:
+        """Count a delivered batch. `processed_at`: when it was processed (wall clock); `now`: monotonic time."""
+        self._last_delivery = now
+        size, grace, open_windows = self.size_s, self.grace_s, self.open
+        processing_window = self._window(int(processed_at) // size * size)
+        watermark = self.watermark
+        closed_through = self.closed_through
+        touched = {processing_window}
+        for result in results:
+            if result.__class__ is not ProcessedLogin:
+                processing_window.messages += 1
+                processing_window.rejected[result.reason] += 1  # type: ignore[union-attr]
+                continue
+            record = result.record
+            event_time = record["login_ts"]
+            delay = record["event_delay_s"]
+            start = event_time // size * size
+            if delay < 0:  # stamped in the future: counted when it was processed
+                window = processing_window
+                window.clock_ahead_events += 1
+                delay = 0.0
+            elif (closed_through is not None and start < closed_through) or (
+                watermark is not None and start + size + grace <= watermark
+            ):
+                window = processing_window
+                window.too_late_events += 1
+            else:
+                window = open_windows.get(start) or self._window(start)
+                if watermark is None or event_time > watermark:
+                    watermark = event_time
+                elif start + size <= watermark:
+                    window.late_events += 1
+            touched.add(window)
+            window.messages += 1
+            window.logins += 1
+            if record["repaired_fields"]:
+                window.repaired += 1
+            window.segments.add((record["device_type"], record["locale"], record["app_version"]))
+            window.users.add(record["user_id"])
+            window.delay.add(delay)
+        self.watermark = watermark
+        for window in touched:
+            window.partitions |= partitions
+
+    def due(self, wall_clock: float, now: float) -> list[Closed]:
+        """The windows that close now, oldest first: by event time, by wall clock when idle, or past capacity."""
+        closed: list[Closed] = []
+        idle = self._last_delivery is None or now - self._last_delivery >= self.idle_s
+        for start in sorted(self.open):
+            end_with_grace = start + self.size_s + self.grace_s
+            if self.watermark is not None and self.watermark >= end_with_grace:
+                closed.append(Closed(self.open.pop(start), "event_time"))
+            elif idle and wall_clock >= end_with_grace:
+                closed.append(Closed(self.open.pop(start), "idle"))
+            elif len(self.open) > MAX_OPEN_WINDOWS:
+                closed.append(Closed(self.open.pop(start), "capacity"))
+            else:
+                continue
+            self.closed_through = max(self.closed_through or 0, start + self.size_s)
+        return closed
+
+    def flush(self, reason: str) -> list[Closed]:
+        """Every open window as it stands, oldest first; later logins of those windows open new partial ones."""
+        closed = [Closed(self.open[start], reason) for start in sorted(self.open)]
+        self.open.clear()
+        return closed
+
+    def _window(self, start: int) -> WindowSummary:
+        window = self.open.get(start)
+        if window is None:
+            window = self.open[start] = WindowSummary(start, self.size_s)
+        return window
+
+
+def iso(epoch_seconds: float) -> str:
+    return datetime.fromtimestamp(epoch_seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
