@@ -15,6 +15,8 @@ RUN pip install -r requirements-confluent.txt
 
 COPY kafka_consumer_processor.py .
 COPY login_pipeline/ login_pipeline/
+# The live insights validate what they read back against these.
+COPY schemas/ schemas/
 
 USER processor
 # Exec form: the processor is PID 1 and receives SIGTERM itself, so `docker stop` drains cleanly.

@@ -11,7 +11,8 @@ Contract of `TumblingWindows`:
 - A login for a window that has ended but not closed is counted in it (`late_events`); one for a
   window already closed is counted, as `too_late_events`, in the window of its processing time. No
   message is dropped uncounted.
-- At most MAX_OPEN_WINDOWS are open; past that the oldest closes early ("capacity").
+- At most MAX_OPEN_WINDOWS are open; opening one more closes the oldest early ("capacity"), even
+  inside one batch, so memory stays bounded whatever the timestamps.
 - `flush(reason)` closes every open window as it stands (a stop, a revoke): a later summary of the
   same window, from this process or another, adds to it exactly (`WindowSummary.merge`). So a
   restart or a rebalance loses nothing; a crash loses the open windows' counts of what was
@@ -160,32 +161,35 @@ class TumblingWindows:
         self.watermark: Optional[float] = None
         self.closed_through: Optional[int] = None  # the end of the newest window closed for good
         self._last_delivery: Optional[float] = None
+        self._closed_early: list[Closed] = []  # closed for capacity inside `observe`, handed out by `due`
 
     def observe(self, results: list[ProcessingResult], partitions: set[int], processed_at: float, now: float) -> None:
         """Count a delivered batch. `processed_at`: when it was processed (wall clock); `now`: monotonic time."""
         self._last_delivery = now
         size, grace, open_windows = self.size_s, self.grace_s, self.open
-        processing_window = self._window(int(processed_at) // size * size)
+        processing_start = int(processed_at) // size * size
         watermark = self.watermark
         closed_through = self.closed_through
-        touched = {processing_window}
+        touched: set[WindowSummary] = set()
         for result in results:
             if result.__class__ is not ProcessedLogin:
-                processing_window.messages += 1
-                processing_window.rejected[result.reason] += 1  # type: ignore[union-attr]
+                window = open_windows.get(processing_start) or self._window(processing_start)
+                window.messages += 1
+                window.rejected[result.reason] += 1  # type: ignore[union-attr]
+                touched.add(window)
                 continue
             record = result.record
             event_time = record["login_ts"]
             delay = record["event_delay_s"]
             start = event_time // size * size
             if delay < 0:  # stamped in the future: counted when it was processed
-                window = processing_window
+                window = open_windows.get(processing_start) or self._window(processing_start)
                 window.clock_ahead_events += 1
                 delay = 0.0
             elif (closed_through is not None and start < closed_through) or (
                 watermark is not None and start + size + grace <= watermark
             ):
-                window = processing_window
+                window = open_windows.get(processing_start) or self._window(processing_start)
                 window.too_late_events += 1
             else:
                 window = open_windows.get(start) or self._window(start)
@@ -206,8 +210,8 @@ class TumblingWindows:
             window.partitions |= partitions
 
     def due(self, wall_clock: float, now: float) -> list[Closed]:
-        """The windows that close now, oldest first: by event time, by wall clock when idle, or past capacity."""
-        closed: list[Closed] = []
+        """The windows that close now, oldest first: past capacity, by event time, or by wall clock when idle."""
+        closed, self._closed_early = self._closed_early, []
         idle = self._last_delivery is None or now - self._last_delivery >= self.idle_s
         for start in sorted(self.open):
             end_with_grace = start + self.size_s + self.grace_s
@@ -215,8 +219,6 @@ class TumblingWindows:
                 closed.append(Closed(self.open.pop(start), "event_time"))
             elif idle and wall_clock >= end_with_grace:
                 closed.append(Closed(self.open.pop(start), "idle"))
-            elif len(self.open) > MAX_OPEN_WINDOWS:
-                closed.append(Closed(self.open.pop(start), "capacity"))
             else:
                 continue
             self.closed_through = max(self.closed_through or 0, start + self.size_s)
@@ -224,14 +226,18 @@ class TumblingWindows:
 
     def flush(self, reason: str) -> list[Closed]:
         """Every open window as it stands, oldest first; later logins of those windows open new partial ones."""
-        closed = [Closed(self.open[start], reason) for start in sorted(self.open)]
+        closed = self._closed_early + [Closed(self.open[start], reason) for start in sorted(self.open)]
+        self._closed_early = []
         self.open.clear()
         return closed
 
     def _window(self, start: int) -> WindowSummary:
-        window = self.open.get(start)
-        if window is None:
-            window = self.open[start] = WindowSummary(start, self.size_s)
+        """A new open window; at capacity the oldest closes first, so no batch can open thousands."""
+        if len(self.open) >= MAX_OPEN_WINDOWS:
+            oldest = min(self.open)
+            self._closed_early.append(Closed(self.open.pop(oldest), "capacity"))
+            self.closed_through = max(self.closed_through or 0, oldest + self.size_s)
+        window = self.open[start] = WindowSummary(start, self.size_s)
         return window
 
 

@@ -1,0 +1,162 @@
+"""The event-time windows' specification (login_pipeline.windows): on time, late, too late, idle, restart."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kafka_consumer_processor import process_message
+from login_pipeline.results import ProcessingResult
+from login_pipeline.windows import MAX_OPEN_WINDOWS, TumblingWindows, WindowSummary
+
+KEY = b"unit-test-key-0123456789"
+T0 = 1_720_576_800  # a minute boundary: 2024-07-10T02:00:00Z
+
+
+def login(at: int, user: str = "u1", processed_at: float | None = None, **fields: str) -> ProcessingResult:
+    event = {"user_id": user, "timestamp": at, "device_type": "ios", "locale": "en-US", "app_version": "2.1", **fields}
+    return process_message(json.dumps(event).encode(), processed_at or at + 1.0, KEY)
+
+
+def junk(processed_at: float) -> ProcessingResult:
+    return process_message(b"{not json", processed_at, KEY)
+
+
+def windows(grace: int = 10, idle: float = 30) -> TumblingWindows:
+    return TumblingWindows(60, grace, idle)
+
+
+def closed_starts(closed) -> list[tuple[int, str]]:
+    return [(window.summary.start - T0, window.closed_by) for window in closed]
+
+
+def test_logins_count_in_the_window_of_their_event_time():
+    w = windows()
+    w.observe([login(T0 + 5), login(T0 + 59), login(T0 + 60)], {0}, T0 + 61, now=0)
+    assert {start - T0: s.logins for start, s in w.open.items()} == {0: 2, 60: 1}
+
+
+def test_a_window_closes_when_event_time_passes_its_end_plus_grace():
+    w = windows(grace=10)
+    w.observe([login(T0 + 5), login(T0 + 69)], {0}, T0 + 70, now=0)
+    assert w.due(T0 + 70, now=0) == []  # watermark 69 < 60 + 10
+    w.observe([login(T0 + 70)], {0}, T0 + 71, now=1)
+    assert closed_starts(w.due(T0 + 71, now=1)) == [(0, "event_time")]
+
+
+def test_a_late_login_within_grace_counts_in_its_window_as_late():
+    w = windows(grace=10)
+    w.observe([login(T0 + 65), login(T0 + 30)], {0}, T0 + 66, now=0)
+    window = w.open[T0]
+    assert (window.logins, window.late_events) == (1, 1)
+
+
+def test_a_login_for_a_closed_window_is_counted_too_late_at_its_processing_time_never_dropped():
+    w = windows(grace=10)
+    w.observe([login(T0 + 5), login(T0 + 75)], {0}, T0 + 76, now=0)
+    [first] = w.due(T0 + 76, now=0)
+    w.observe([login(T0 + 10, processed_at=T0 + 130)], {0}, T0 + 130, now=1)
+    assert first.summary.logins == 1
+    assert T0 not in w.open
+    assert (w.open[T0 + 120].logins, w.open[T0 + 120].too_late_events) == (1, 1)
+
+
+def test_grace_zero_closes_at_the_end():
+    w = windows(grace=0)
+    w.observe([login(T0 + 5), login(T0 + 60)], {0}, T0 + 61, now=0)
+    assert closed_starts(w.due(T0 + 61, now=0)) == [(0, "event_time")]
+
+
+def test_a_quiet_stream_closes_its_last_window_by_wall_clock_once_idle():
+    w = windows(grace=10, idle=30)
+    w.observe([login(T0 + 5)], {0}, T0 + 6, now=100.0)
+    assert w.due(T0 + 100, now=129.0) == []  # not idle long enough yet
+    assert w.due(T0 + 69, now=131.0) == []  # idle, but the wall clock is not past end + grace
+    assert closed_starts(w.due(T0 + 70, now=131.0)) == [(0, "idle")]
+    w.observe([login(T0 + 20, processed_at=T0 + 140)], {0}, T0 + 140, now=140.0)
+    assert w.open[T0 + 120].too_late_events == 1  # closed by idle is closed for good
+
+
+def test_a_busy_stream_never_closes_by_wall_clock():
+    """A backlog hours old keeps coming: its windows close by event time only, not one per batch."""
+    w = windows(grace=10, idle=30)
+    w.observe([login(T0 + 5)], {0}, T0 + 7200, now=100.0)
+    assert w.due(T0 + 7200, now=110.0) == []
+
+
+def test_a_clock_far_ahead_cannot_close_every_window():
+    w = windows()
+    w.observe([login(T0 + 5), login(T0 + 3600, processed_at=T0 + 6)], {0}, T0 + 6, now=0)
+    assert w.due(T0 + 6, now=0) == []
+    assert w.watermark == T0 + 5
+    assert (w.open[T0].logins, w.open[T0].clock_ahead_events) == (2, 1)
+
+
+def test_rejections_count_in_the_window_of_their_processing_time():
+    w = windows()
+    w.observe([login(T0 + 5, processed_at=T0 + 125), junk(T0 + 125)], {0}, T0 + 125, now=0)
+    assert w.open[T0].messages == 1
+    assert (w.open[T0 + 120].messages, dict(w.open[T0 + 120].rejected)) == (1, {"malformed_json": 1})
+
+
+def test_open_windows_are_capped_even_inside_one_batch_and_the_oldest_close_early():
+    w = windows(grace=86_400)
+    w.observe([login(T0 + 60 * n) for n in range(MAX_OPEN_WINDOWS + 3)], {0}, T0 + 86_400, now=0)
+    assert len(w.open) == MAX_OPEN_WINDOWS
+    closed = w.due(T0, now=0)
+    assert closed_starts(closed) == [(0, "capacity"), (60, "capacity"), (120, "capacity")]
+    w.observe([login(T0 + 30)], {0}, T0 + 86_400, now=0)
+    assert w.open[T0 + 86_400 - 86_400 % 60].too_late_events == 1  # its window was closed: counted, not lost
+
+
+def test_partitions_are_those_delivered_from_while_open():
+    w = windows()
+    w.observe([login(T0 + 5)], {0, 2}, T0 + 6, now=0)
+    w.observe([login(T0 + 6)], {1}, T0 + 7, now=0)
+    assert w.open[T0].partitions == {0, 1, 2}
+
+
+def test_a_restart_flushes_partials_that_add_up_to_what_one_process_would_have_seen():
+    events = [login(T0 + n % 60, user=f"u{n}", device_type=["ios", "android"][n % 2]) for n in range(500)]
+    whole = windows()
+    whole.observe(events, {0}, T0 + 61, now=0)
+    before, after = windows(), windows()
+    before.observe(events[:200], {0}, T0 + 61, now=0)
+    [partial] = before.flush("stop")
+    after.observe(events[200:], {0}, T0 + 61, now=0)
+    [rest] = after.flush("stop")
+    assert partial.closed_by == "stop"
+    merged = WindowSummary.from_record(json.loads(json.dumps(partial.summary.to_record("a", "stop", T0))))
+    merged.merge(WindowSummary.from_record(json.loads(json.dumps(rest.summary.to_record("b", "stop", T0)))))
+    expected = whole.open[T0]
+    assert merged.logins == expected.logins == 500
+    assert merged.users.registers == expected.users.registers  # distinct users merge exactly
+    assert merged.shares(0) == expected.shares(0) == {"counts": {"ios": 250, "android": 250}, "other": 0}
+    assert merged.delay.counts() == expected.delay.counts()
+
+
+def test_after_a_revoke_flush_the_same_window_opens_again_as_a_new_partial():
+    w = windows()
+    w.observe([login(T0 + 5)], {0}, T0 + 6, now=0)
+    [first] = w.flush("revoke")
+    w.observe([login(T0 + 7)], {1}, T0 + 8, now=0)
+    assert first.summary.logins == 1
+    assert (w.open[T0].logins, w.open[T0].too_late_events) == (1, 0)
+
+
+def test_a_record_round_trips_through_its_json():
+    w = windows()
+    w.observe([login(T0 + 5, user=f"u{n}") for n in range(50)] + [junk(T0 + 6)], {3}, T0 + 6, now=0)
+    [closed] = w.flush("stop")
+    record = closed.summary.to_record("host-1", "stop", T0 + 100)
+    again = WindowSummary.from_record(json.loads(json.dumps(record)))
+    assert again.to_record("host-1", "stop", T0 + 100) == record
+    assert record["window_start"] == "2024-07-10T02:00:00Z"
+    assert (record["messages"], record["logins"], record["rejected"]) == (51, 50, {"malformed_json": 1})
+    assert record["distinct_users"] == 50
+
+
+def test_summaries_of_different_windows_do_not_merge():
+    with pytest.raises(ValueError):
+        WindowSummary(T0, 60).merge(WindowSummary(T0 + 60, 60))
