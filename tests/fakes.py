@@ -7,6 +7,7 @@ tests can assert on commits, deliveries and their order. Failures are scheduled 
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Optional
@@ -232,3 +233,30 @@ class FakeInput:
 
     def ends(self) -> dict[int, int]:
         return {partition.partition: len(values) for partition, values in self._log.items() if values}
+
+
+class FakePublisher:
+    """Publisher: records kept in memory, each with how many input commits had been made before it
+    was published (so a test can tell a window's partial went out before the revoke's commit)."""
+
+    def __init__(self, source: Optional[FakeInput] = None) -> None:
+        self._source = source
+        self.published: list[tuple[str, bytes, dict, int]] = []  # topic, key, value as JSON, commits before
+        self.flushes = 0
+        self.failed = 0
+        self.closed = False
+
+    def publish(self, topic: str, key: bytes, value: bytes) -> bool:
+        commits = len(self._source.commits) if self._source is not None else 0
+        self.published.append((topic, key, json.loads(value), commits))
+        return True
+
+    def flush(self, timeout_s: float) -> int:
+        self.flushes += 1
+        return 0
+
+    def close(self) -> None:
+        self.closed = True
+
+    def values(self, topic: str) -> list[dict]:
+        return [value for published_topic, _, value, _ in self.published if published_topic == topic]

@@ -6,6 +6,7 @@ guarantees end to end, with each engine.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import signal
@@ -16,8 +17,9 @@ from kafka_consumer_processor import process_message
 from login_pipeline import runner
 from login_pipeline.client import Partition
 from login_pipeline.config import load
+from login_pipeline.live import LiveInsights
 from login_pipeline.runner import Pipeline, StopRequest
-from tests.fakes import FakeInput, FakeOutput
+from tests.fakes import FakeInput, FakeOutput, FakePublisher
 
 KEY = b"unit-test-key-0123456789"
 NOW = 1720576900.0
@@ -42,11 +44,20 @@ def process(raw: bytes, processed_at: float):
     return process_message(raw, processed_at, KEY)
 
 
-def pipeline(source: FakeInput, output: FakeOutput, stop: StopRequest | None = None, **settings: str) -> Pipeline:
+def pipeline(
+    source: FakeInput,
+    output: FakeOutput,
+    stop: StopRequest | None = None,
+    publisher: FakePublisher | None = None,
+    **settings: str,
+) -> Pipeline:
     config = load([], "test", environ={"INSIGHTS_EVERY": "1000", **settings})
     stop = stop or InstantStop()
     source.stop_when_drained = stop
-    return Pipeline(config, process, source, output, stop, out=io.StringIO(), clock=lambda: NOW)
+    live = None
+    if publisher is not None:
+        live = LiveInsights(config, publisher, lambda user: hashlib.sha256(user.encode()).hexdigest(), lambda: NOW)
+    return Pipeline(config, process, source, output, stop, out=io.StringIO(), clock=lambda: NOW, live=live)
 
 
 def sources(output: FakeOutput, topic: str = "output") -> list[tuple[int, int]]:
@@ -313,3 +324,58 @@ def test_metrics_count_consumed_acknowledged_and_dead_lettered_records_and_rebal
     assert sample("login_processor_last_commit_timestamp_seconds") == NOW  # the test's clock
     assert sample("login_processor_event_delay_seconds_count") == 12
     assert sample("login_processor_consumer_lag_records", {"partition": "0"}) == 0
+
+
+# Live insights: what the run loop owes the windows and alerts
+
+
+def test_a_stop_publishes_the_open_windows_and_they_count_every_message_once():
+    output = FakeOutput()
+    source = FakeInput(output, {0: records(0, 10), 1: records(1, 10) + [(None, b"junk")]}, batch_size=4)
+    publisher = FakePublisher(source)
+    assert pipeline(source, output, publisher=publisher).run() == 0
+    windows = publisher.values("login-insights")
+    assert {window["closed_by"] for window in windows} == {"stop"}
+    assert sum(window["messages"] for window in windows) == 21
+    assert sum(window["logins"] for window in windows) == 20
+    assert sorted({p for window in windows for p in window["partitions"]}) == [0, 1]
+    assert publisher.flushes >= 1 and publisher.closed
+
+
+def test_a_revoke_publishes_the_open_windows_before_it_commits():
+    output = FakeOutput()
+    source = FakeInput(output, {0: records(0, 20)}, batch_size=3)
+    source.revoke_at = {4}
+    publisher = FakePublisher(source)
+    assert pipeline(source, output, publisher=publisher).run() == 0
+    revoke_commit = next(n for n, commit in enumerate(source.commits) if commit.waited)
+    partials = [
+        (value, commits)
+        for topic, _, value, commits in publisher.published
+        if topic == "login-insights" and value["closed_by"] == "revoke"
+    ]
+    assert partials and all(commits <= revoke_commit for _, commits in partials)
+    assert sum(value["logins"] for value in publisher.values("login-insights")) == 20  # none counted twice
+
+
+def test_a_retried_batch_counts_once_in_the_windows():
+    output = FakeOutput()
+    output.fail_batches = {1}
+    source = FakeInput(output, {0: records(0, 9)}, batch_size=3)
+    publisher = FakePublisher(source)
+    assert pipeline(source, output, publisher=publisher).run() == 0
+    assert sum(window["logins"] for window in publisher.values("login-insights")) == 9
+
+
+def test_an_alert_is_published_as_soon_as_its_batch_is_delivered():
+    burst = [
+        (None, json.dumps({"user_id": f"victim{n}", "timestamp": 1720576825, "ip": "203.0.113.9"}).encode())
+        for n in range(15)
+    ]
+    output = FakeOutput()
+    source = FakeInput(output, {0: burst}, batch_size=5)
+    publisher = FakePublisher(source)
+    assert pipeline(source, output, publisher=publisher).run() == 0
+    [alert] = publisher.values("login-alerts")
+    assert alert["rule"] == "credential_stuffing" and alert["evidence"] == {"distinct_users": 15}
+    assert "203.0.113.9" not in json.dumps(publisher.published, default=str)

@@ -1,0 +1,187 @@
+"""The group's view of live insights (login_pipeline.live.GroupView) and what the HTTP server shows of it
+(login_pipeline.web): partial records merged exactly, hostile records counted and skipped, whole
+documents on /api/insights and /api/alerts, the dashboard served with nothing from elsewhere."""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.request
+
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry
+
+from kafka_consumer_processor import process_message
+from login_pipeline import web
+from login_pipeline.client import FeedRecord
+from login_pipeline.live import KEPT_WINDOWS, GroupView
+from login_pipeline.status_server import StatusServer, Verdict
+from login_pipeline.windows import TumblingWindows
+
+KEY = b"unit-test-key-0123456789"
+T0 = 1_720_576_800
+
+
+def window_record(users: range, instance: str, start: int = T0, partitions: set[int] = frozenset({0})) -> bytes:
+    windows = TumblingWindows(60, 10, 30)
+    logins = [
+        process_message(json.dumps({"user_id": f"u{n}", "timestamp": start + n % 60}).encode(), start + 61, KEY)
+        for n in users
+    ]
+    windows.observe(logins, set(partitions), start + 61, now=0)
+    [closed] = windows.flush("stop")
+    return orjson.dumps(closed.summary.to_record(instance, "stop", start + 70))
+
+
+def alert_record(rule: str = "credential_stuffing") -> bytes:
+    return orjson.dumps(
+        {
+            "schema_version": 1,
+            "rule": rule,
+            "subject_kind": "ip_hash",
+            "subject_hash": "ab" * 32,
+            "evidence": {"distinct_users": 15},
+            "threshold": 15,
+            "window_s": 900,
+            "first_seen": "2024-07-10T02:00:00Z",
+            "last_seen": "2024-07-10T02:01:00Z",
+            "instance": "host-1",
+            "detected_at": "2024-07-10T02:01:01Z",
+        }
+    )
+
+
+class Feeder:
+    def __init__(self) -> None:
+        self.view = GroupView("login-insights", "login-alerts")
+        self.offsets: dict[str, int] = {}
+
+    def give(self, topic: str, value: bytes | None) -> None:
+        offset = self.offsets.get(topic, 0)
+        self.offsets[topic] = offset + 1
+        self.view.take(FeedRecord(topic, 0, offset, value))
+
+
+def test_two_instances_partials_of_one_window_merge_into_exact_counts():
+    feeder = Feeder()
+    feeder.give("login-insights", window_record(range(0, 600), "a", partitions={0, 2}))
+    feeder.give("login-insights", window_record(range(400, 1000), "b", partitions={1}))
+    [window] = feeder.view.windows()
+    assert window["logins"] == 1200 and window["messages"] == 1200
+    assert window["partitions"] == [0, 1, 2] and window["instances"] == ["a", "b"] and window["records"] == 2
+    assert abs(window["distinct_users"] - 1000) <= 1000 * 3 * 0.0163  # users 400-599 were seen by both
+    assert feeder.view.totals()["logins"] == 1200
+
+
+def test_a_record_read_again_after_a_reconnect_counts_once():
+    feeder = Feeder()
+    record = window_record(range(10), "a")
+    feeder.give("login-insights", record)
+    feeder.view.take(FeedRecord("login-insights", 0, 0, record))
+    assert feeder.view.totals()["logins"] == 10
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        b"",
+        b"\xff\xfe",
+        b"[]",
+        b'{"schema_version": 1}',
+        b"9" * 100_000,
+        orjson.dumps({**json.loads(window_record(range(3), "a")), "logins": -5}),
+        orjson.dumps(
+            {**json.loads(window_record(range(3), "a")), "users_hll": base64.b64encode(b"\xff" * 4096).decode()}
+        ),
+        orjson.dumps({**json.loads(window_record(range(3), "a")), "users_hll": "!" * 5464}),
+        orjson.dumps({**json.loads(window_record(range(3), "a")), "event_delay_buckets": {"9999": 1}}),
+        orjson.dumps({**json.loads(window_record(range(3), "a")), "window_size_s": 0}),
+        orjson.dumps({**json.loads(window_record(range(3), "a")), "extra": "<script>alert(1)</script>"}),
+    ],
+    ids=[
+        "null",
+        "empty",
+        "not-utf8",
+        "array",
+        "fields-missing",
+        "huge",
+        "negative-count",
+        "registers-out-of-range",
+        "registers-not-base64",
+        "bucket-out-of-range",
+        "zero-size",
+        "unknown-field",
+    ],
+)
+def test_a_record_that_is_not_a_window_summary_is_counted_and_skipped(value):
+    feeder = Feeder()
+    feeder.give("login-insights", value)
+    feeder.give("login-insights", window_record(range(7), "a"))
+    assert feeder.view.totals()["logins"] == 7
+    assert feeder.view.totals()["unreadable_records"] == 1
+
+
+def test_a_record_that_is_not_an_alert_is_counted_and_skipped():
+    feeder = Feeder()
+    feeder.give("login-alerts", orjson.dumps({**json.loads(alert_record()), "subject_hash": "203.0.113.7"}))
+    feeder.give("login-alerts", alert_record())
+    assert len(feeder.view.alerts()) == 1 and feeder.view.unreadable == 1
+
+
+def test_the_view_keeps_the_newest_windows_and_alerts_only():
+    feeder = Feeder()
+    for n in range(KEPT_WINDOWS + 5):
+        feeder.give("login-insights", window_record(range(1), "a", start=T0 + 60 * n))
+    for _ in range(150):
+        feeder.give("login-alerts", alert_record())
+    windows = feeder.view.windows()
+    assert len(windows) == KEPT_WINDOWS
+    assert windows[-1]["window_start"] == "2024-07-10T02:05:00Z"  # the five oldest went
+    assert len(feeder.view.alerts()) == 100
+
+
+@pytest.fixture
+def served():
+    feeder = Feeder()
+    feeder.give("login-insights", window_record(range(30), "a"))
+    feeder.give("login-alerts", alert_record())
+    pages = web.pages(lambda: {"instance": "host-1", "running_totals": {"processed": 30}}, feeder.view)
+    server = StatusServer("127.0.0.1", 0, CollectorRegistry(), lambda: Verdict(True), lambda: Verdict(True), pages)
+    server.start()
+    yield f"http://127.0.0.1:{server.port}"
+    server.stop()
+
+
+def get(url: str) -> tuple[int, dict[str, str], bytes]:
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        return answer.status, dict(answer.headers), answer.read()
+
+
+def test_api_insights_has_the_groups_windows_and_this_instances_totals(served):
+    status, headers, body = get(served + "/api/insights")
+    document = json.loads(body)
+    assert status == 200 and headers["Content-Type"] == "application/json"
+    assert document["group"]["totals"]["logins"] == 30
+    assert document["group"]["closed_windows"][0]["window_start"] == "2024-07-10T02:00:00Z"
+    assert document["this_instance"]["running_totals"]["processed"] == 30
+
+
+def test_api_alerts_lists_the_recent_alerts(served):
+    _, _, body = get(served + "/api/alerts")
+    assert [alert["rule"] for alert in json.loads(body)["alerts"]] == ["credential_stuffing"]
+
+
+def test_the_dashboard_is_served_whole_with_nothing_from_elsewhere(served):
+    status, headers, page = get(served + "/")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert "default-src 'self'" in headers["Content-Security-Policy"]
+    for asset in (b"/dashboard.js", b"/dashboard.css"):
+        assert asset in page
+        assert get(served + asset.decode())[0] == 200
+    for text in (page, get(served + "/dashboard.js")[2], get(served + "/dashboard.css")[2]):
+        assert b"http://" not in text.replace(b"http://www.w3.org/2000/svg", b"")
+        assert b"https://" not in text
+    script = get(served + "/dashboard.js")[2]
+    assert b"innerHTML" not in script  # data reaches the page as text only
