@@ -35,7 +35,7 @@ from login_pipeline.client import Feed, FeedRecord, Publisher
 from login_pipeline.config import Config
 from login_pipeline.results import ProcessingResult
 from login_pipeline.sketches import HyperLogLog
-from login_pipeline.windows import Closed, TumblingWindows, WindowSummary, iso
+from login_pipeline.windows import Closed, Span, TumblingWindows, WindowSummary, iso
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +74,13 @@ class LiveInsights:
         self.windows_published = 0
         self.alerts_raised: dict[str, int] = {}  # by rule: four keys at most
 
-    def observe(self, results: list[ProcessingResult], partitions: set[int], processed_at: float) -> None:
-        self.windows.observe(results, partitions, processed_at, self._monotonic())
+    def observe(self, results: list[ProcessingResult], spans: list[Span], processed_at: float) -> None:
+        self.windows.observe(results, spans, processed_at, self._monotonic())
         for alert in self.rules.observe(results):
             self._publish_alert(alert)
+
+    def assigned(self, partitions: set[int]) -> None:
+        self.windows.assigned(partitions)
 
     def tick(self) -> None:
         self._publish(self.windows.due(self._wall_clock(), self._monotonic()))

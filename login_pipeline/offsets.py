@@ -24,6 +24,7 @@ class InFlightBatch:
     results: list[ProcessingResult] = field(repr=False)
     handed_at: float = 0.0  # time.monotonic() when it was handed over
     processed_at: float = 0.0  # wall clock when it was processed (the windows count rejections at it)
+    spans: list[tuple[int, int]] = field(default_factory=list)  # (partition, how many results), in order
     # Given up on after a rewind or a revoke: its report is read and ignored, nothing of it is committed.
     abandoned: bool = False
 

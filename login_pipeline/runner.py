@@ -301,6 +301,7 @@ class Pipeline:
             {part.partition: part.offsets[-1] + 1 for part in polled},
             results,
             processed_at=processed_at,
+            spans=[(part.partition.partition, len(part.offsets)) for part in polled],
         )
 
     def _settle(self, keep: int, within: float | None = None) -> int:
@@ -355,8 +356,7 @@ class Pipeline:
                     insights.observe(result)
                 valid = insights.valid - valid_before
                 if self.live is not None:
-                    partitions = {partition.partition for partition in batch.first_offsets}
-                    self.live.observe(batch.results, partitions, batch.processed_at)
+                    self.live.observe(batch.results, batch.spans, batch.processed_at)
             self.metrics.acknowledged.labels("output").inc(valid)
             self.metrics.acknowledged.labels("dlq").inc(len(batch.results) - valid)
             self.metrics.acknowledgement.observe(time.monotonic() - batch.handed_at)
@@ -382,8 +382,11 @@ class Pipeline:
         log.warning("commit failed (%s); will retry with the next batch", error)
         self.offsets.commit_failed()
 
-    def _assigned(self, _partitions: set[Partition]) -> None:
+    def _assigned(self, partitions: set[Partition]) -> None:
         self.joined = True  # the loop reads what is held (the assigned-partitions gauge) at each turn
+        if self.live is not None:
+            with self.insights.lock:
+                self.live.assigned({partition.partition for partition in partitions})
 
     def _commit(self) -> bool:
         """Commit every delivered position and wait; False when it failed (kept: duplicates, never loss)."""

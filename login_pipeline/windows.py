@@ -5,10 +5,15 @@ Contract of `TumblingWindows`:
   counts at its processing time instead (`clock_ahead_events`), so a clock far ahead cannot close
   every window at once. A rejected message has no event time to trust: it counts in the window of
   the time it was processed.
-- The watermark is the newest event time seen. A window closes when the watermark passes its end
-  plus `grace_s`, and also, when nothing was delivered for `idle_s`, once the wall clock passes its
-  end plus grace: the last window of a quiet stream is not held back forever.
-- A login for a window that has ended but not closed is counted in it (`late_events`); one for a
+- The watermark is the oldest of the partitions' newest event times (a partition that delivered
+  nothing for `idle_s` is left out, so one quiet partition does not hold every window open; one
+  just assigned holds it until it delivers, or idle_s after the next delivery): the
+  partitions of one instance are read in no particular order against each other, and the newest
+  time of the fastest would make the others' logins late. A window closes when the watermark
+  passes its end plus `grace_s`, and also, when nothing at all was delivered for `idle_s`, once the
+  wall clock passes its end plus grace: the last window of a quiet stream is not held back forever.
+- A login for a window that has ended, in its partition's event time, but not closed is counted
+  in it (`late_events`); one for a
   window already closed is counted, as `too_late_events`, in the window of its processing time. No
   message is dropped uncounted.
 - At most MAX_OPEN_WINDOWS are open; opening one more closes the oldest early ("capacity"), even
@@ -34,6 +39,7 @@ from login_pipeline.results import ProcessedLogin, ProcessingResult
 from login_pipeline.sketches import CappedCounts, HyperLogLog, LogHistogram
 
 MAX_OPEN_WINDOWS = 64
+Span = tuple[int, int]  # (input partition, how many consecutive results of a batch came from it)
 # (device type, locale, app version) combinations counted exactly per window; one dict update a login
 # instead of three. Real traffic has hundreds; what does not fit is reported as "other".
 SEGMENT_CAPACITY = 4096
@@ -159,60 +165,93 @@ class TumblingWindows:
         self.idle_s = idle_s
         self.open: dict[int, WindowSummary] = {}  # by start
         self.watermark: Optional[float] = None
+        self._newest: dict[int, float] = {}  # partition -> newest event time delivered from it
+        self._delivered_at: dict[int, float] = {}  # partition -> monotonic time of its last delivery
+        self._assigned_waiting: set[int] = set()
         self.closed_through: Optional[int] = None  # the end of the newest window closed for good
         self._last_delivery: Optional[float] = None
         self._closed_early: list[Closed] = []  # closed for capacity inside `observe`, handed out by `due`
 
-    def observe(self, results: list[ProcessingResult], partitions: set[int], processed_at: float, now: float) -> None:
-        """Count a delivered batch. `processed_at`: when it was processed (wall clock); `now`: monotonic time."""
+    def observe(self, results: list[ProcessingResult], spans: list[Span], processed_at: float, now: float) -> None:
+        """Count a delivered batch: `spans` says which partition each run of `results` came from, in order.
+
+        `processed_at`: when the batch was processed (wall clock); `now`: monotonic time.
+        """
         self._last_delivery = now
+        for waiting in self._assigned_waiting:
+            self._delivered_at.setdefault(waiting, now)
+        self._assigned_waiting.clear()
         size, grace, open_windows = self.size_s, self.grace_s, self.open
         processing_start = int(processed_at) // size * size
+        # Lateness is judged against the watermark as the batch began: one batch, one rule.
         watermark = self.watermark
         closed_through = self.closed_through
-        touched: set[WindowSummary] = set()
-        for result in results:
-            if result.__class__ is not ProcessedLogin:
-                window = open_windows.get(processing_start) or self._window(processing_start)
-                window.messages += 1
-                window.rejected[result.reason] += 1  # type: ignore[union-attr]
+        newest = self._newest
+        position = 0
+        for partition, count in spans:
+            touched: set[WindowSummary] = set()
+            partition_newest = newest.get(partition)
+            for result in results[position : position + count]:
+                if result.__class__ is not ProcessedLogin:
+                    window = open_windows.get(processing_start) or self._window(processing_start)
+                    window.messages += 1
+                    window.rejected[result.reason] += 1  # type: ignore[union-attr]
+                    touched.add(window)
+                    continue
+                record = result.record
+                event_time = record["login_ts"]
+                delay = record["event_delay_s"]
+                start = event_time // size * size
+                if delay < 0:  # stamped in the future: counted when it was processed
+                    window = open_windows.get(processing_start) or self._window(processing_start)
+                    window.clock_ahead_events += 1
+                    delay = 0.0
+                elif (closed_through is not None and start < closed_through) or (
+                    watermark is not None and start + size + grace <= watermark
+                ):
+                    window = open_windows.get(processing_start) or self._window(processing_start)
+                    window.too_late_events += 1
+                else:
+                    window = open_windows.get(start) or self._window(start)
+                    if partition_newest is None or event_time > partition_newest:
+                        partition_newest = event_time
+                    elif start + size <= partition_newest:
+                        window.late_events += 1
                 touched.add(window)
-                continue
-            record = result.record
-            event_time = record["login_ts"]
-            delay = record["event_delay_s"]
-            start = event_time // size * size
-            if delay < 0:  # stamped in the future: counted when it was processed
-                window = open_windows.get(processing_start) or self._window(processing_start)
-                window.clock_ahead_events += 1
-                delay = 0.0
-            elif (closed_through is not None and start < closed_through) or (
-                watermark is not None and start + size + grace <= watermark
-            ):
-                window = open_windows.get(processing_start) or self._window(processing_start)
-                window.too_late_events += 1
-            else:
-                window = open_windows.get(start) or self._window(start)
-                if watermark is None or event_time > watermark:
-                    watermark = event_time
-                elif start + size <= watermark:
-                    window.late_events += 1
-            touched.add(window)
-            window.messages += 1
-            window.logins += 1
-            if record["repaired_fields"]:
-                window.repaired += 1
-            window.segments.add((record["device_type"], record["locale"], record["app_version"]))
-            window.users.add(record["user_id"])
-            window.delay.add(delay)
-        self.watermark = watermark
-        for window in touched:
-            window.partitions |= partitions
+                window.messages += 1
+                window.logins += 1
+                if record["repaired_fields"]:
+                    window.repaired += 1
+                window.segments.add((record["device_type"], record["locale"], record["app_version"]))
+                window.users.add(record["user_id"])
+                window.delay.add(delay)
+            position += count
+            if partition_newest is not None:
+                newest[partition] = partition_newest
+            self._delivered_at[partition] = now
+            for window in touched:
+                window.partitions.add(partition)
+        self.watermark = self._watermark(now)
+
+    def assigned(self, partitions: set[int]) -> None:
+        """Partitions now held: each holds the watermark until it delivers, or until idle_s has passed
+        since this process's next delivery (an assignment may come long before any record does)."""
+        self._assigned_waiting |= partitions - set(self._delivered_at)
+
+    def _watermark(self, now: float) -> Optional[float]:
+        """The oldest of the partitions' newest event times, leaving out partitions idle for idle_s;
+        it does not move while an active partition has delivered nothing yet."""
+        active = [partition for partition, at in self._delivered_at.items() if now - at < self.idle_s]
+        if any(partition not in self._newest for partition in active):
+            return self.watermark
+        times = [self._newest[partition] for partition in active]
+        return min(times) if times else self.watermark
 
     def due(self, wall_clock: float, now: float) -> list[Closed]:
         """The windows that close now, oldest first: past capacity, by event time, or by wall clock when idle."""
         closed, self._closed_early = self._closed_early, []
         idle = self._last_delivery is None or now - self._last_delivery >= self.idle_s
+        self.watermark = self._watermark(now)
         for start in sorted(self.open):
             end_with_grace = start + self.size_s + self.grace_s
             if self.watermark is not None and self.watermark >= end_with_grace:
@@ -229,6 +268,9 @@ class TumblingWindows:
         closed = self._closed_early + [Closed(self.open[start], reason) for start in sorted(self.open)]
         self._closed_early = []
         self.open.clear()
+        # The partitions may go elsewhere (a revoke): their event times no longer hold the watermark back.
+        self._newest.clear()
+        self._delivered_at.clear()
         return closed
 
     def _window(self, start: int) -> WindowSummary:

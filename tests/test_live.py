@@ -29,7 +29,9 @@ def window_record(users: range, instance: str, start: int = T0, partitions: set[
         process_message(json.dumps({"user_id": f"u{n}", "timestamp": start + n % 60}).encode(), start + 61, KEY)
         for n in users
     ]
-    windows.observe(logins, set(partitions), start + 61, now=0)
+    windows.observe(
+        logins, [(partition, len(logins) // len(partitions)) for partition in sorted(partitions)], start + 61, now=0
+    )
     [closed] = windows.flush("stop")
     return orjson.dumps(closed.summary.to_record(instance, "stop", start + 70))
 

@@ -23,6 +23,13 @@ def junk(processed_at: float) -> ProcessingResult:
     return process_message(b"{not json", processed_at, KEY)
 
 
+def observe(
+    w: TumblingWindows, results: list[ProcessingResult], partition: int, processed_at: float, now: float
+) -> None:
+    """A batch from one partition."""
+    w.observe(results, [(partition, len(results))], processed_at, now)
+
+
 def windows(grace: int = 10, idle: float = 30) -> TumblingWindows:
     return TumblingWindows(60, grace, idle)
 
@@ -33,30 +40,30 @@ def closed_starts(closed) -> list[tuple[int, str]]:
 
 def test_logins_count_in_the_window_of_their_event_time():
     w = windows()
-    w.observe([login(T0 + 5), login(T0 + 59), login(T0 + 60)], {0}, T0 + 61, now=0)
+    observe(w, [login(T0 + 5), login(T0 + 59), login(T0 + 60)], partition=0, processed_at=T0 + 61, now=0)
     assert {start - T0: s.logins for start, s in w.open.items()} == {0: 2, 60: 1}
 
 
 def test_a_window_closes_when_event_time_passes_its_end_plus_grace():
     w = windows(grace=10)
-    w.observe([login(T0 + 5), login(T0 + 69)], {0}, T0 + 70, now=0)
+    observe(w, [login(T0 + 5), login(T0 + 69)], partition=0, processed_at=T0 + 70, now=0)
     assert w.due(T0 + 70, now=0) == []  # watermark 69 < 60 + 10
-    w.observe([login(T0 + 70)], {0}, T0 + 71, now=1)
+    observe(w, [login(T0 + 70)], partition=0, processed_at=T0 + 71, now=1)
     assert closed_starts(w.due(T0 + 71, now=1)) == [(0, "event_time")]
 
 
 def test_a_late_login_within_grace_counts_in_its_window_as_late():
     w = windows(grace=10)
-    w.observe([login(T0 + 65), login(T0 + 30)], {0}, T0 + 66, now=0)
+    observe(w, [login(T0 + 65), login(T0 + 30)], partition=0, processed_at=T0 + 66, now=0)
     window = w.open[T0]
     assert (window.logins, window.late_events) == (1, 1)
 
 
 def test_a_login_for_a_closed_window_is_counted_too_late_at_its_processing_time_never_dropped():
     w = windows(grace=10)
-    w.observe([login(T0 + 5), login(T0 + 75)], {0}, T0 + 76, now=0)
+    observe(w, [login(T0 + 5), login(T0 + 75)], partition=0, processed_at=T0 + 76, now=0)
     [first] = w.due(T0 + 76, now=0)
-    w.observe([login(T0 + 10, processed_at=T0 + 130)], {0}, T0 + 130, now=1)
+    observe(w, [login(T0 + 10, processed_at=T0 + 130)], partition=0, processed_at=T0 + 130, now=1)
     assert first.summary.logins == 1
     assert T0 not in w.open
     assert (w.open[T0 + 120].logins, w.open[T0 + 120].too_late_events) == (1, 1)
@@ -64,30 +71,30 @@ def test_a_login_for_a_closed_window_is_counted_too_late_at_its_processing_time_
 
 def test_grace_zero_closes_at_the_end():
     w = windows(grace=0)
-    w.observe([login(T0 + 5), login(T0 + 60)], {0}, T0 + 61, now=0)
+    observe(w, [login(T0 + 5), login(T0 + 60)], partition=0, processed_at=T0 + 61, now=0)
     assert closed_starts(w.due(T0 + 61, now=0)) == [(0, "event_time")]
 
 
 def test_a_quiet_stream_closes_its_last_window_by_wall_clock_once_idle():
     w = windows(grace=10, idle=30)
-    w.observe([login(T0 + 5)], {0}, T0 + 6, now=100.0)
+    observe(w, [login(T0 + 5)], partition=0, processed_at=T0 + 6, now=100.0)
     assert w.due(T0 + 100, now=129.0) == []  # not idle long enough yet
     assert w.due(T0 + 69, now=131.0) == []  # idle, but the wall clock is not past end + grace
     assert closed_starts(w.due(T0 + 70, now=131.0)) == [(0, "idle")]
-    w.observe([login(T0 + 20, processed_at=T0 + 140)], {0}, T0 + 140, now=140.0)
+    observe(w, [login(T0 + 20, processed_at=T0 + 140)], partition=0, processed_at=T0 + 140, now=140.0)
     assert w.open[T0 + 120].too_late_events == 1  # closed by idle is closed for good
 
 
 def test_a_busy_stream_never_closes_by_wall_clock():
     """A backlog hours old keeps coming: its windows close by event time only, not one per batch."""
     w = windows(grace=10, idle=30)
-    w.observe([login(T0 + 5)], {0}, T0 + 7200, now=100.0)
+    observe(w, [login(T0 + 5)], partition=0, processed_at=T0 + 7200, now=100.0)
     assert w.due(T0 + 7200, now=110.0) == []
 
 
 def test_a_clock_far_ahead_cannot_close_every_window():
     w = windows()
-    w.observe([login(T0 + 5), login(T0 + 3600, processed_at=T0 + 6)], {0}, T0 + 6, now=0)
+    observe(w, [login(T0 + 5), login(T0 + 3600, processed_at=T0 + 6)], partition=0, processed_at=T0 + 6, now=0)
     assert w.due(T0 + 6, now=0) == []
     assert w.watermark == T0 + 5
     assert (w.open[T0].logins, w.open[T0].clock_ahead_events) == (2, 1)
@@ -95,36 +102,54 @@ def test_a_clock_far_ahead_cannot_close_every_window():
 
 def test_rejections_count_in_the_window_of_their_processing_time():
     w = windows()
-    w.observe([login(T0 + 5, processed_at=T0 + 125), junk(T0 + 125)], {0}, T0 + 125, now=0)
+    observe(w, [login(T0 + 5, processed_at=T0 + 125), junk(T0 + 125)], partition=0, processed_at=T0 + 125, now=0)
     assert w.open[T0].messages == 1
     assert (w.open[T0 + 120].messages, dict(w.open[T0 + 120].rejected)) == (1, {"malformed_json": 1})
 
 
 def test_open_windows_are_capped_even_inside_one_batch_and_the_oldest_close_early():
     w = windows(grace=86_400)
-    w.observe([login(T0 + 60 * n) for n in range(MAX_OPEN_WINDOWS + 3)], {0}, T0 + 86_400, now=0)
+    observe(w, [login(T0 + 60 * n) for n in range(MAX_OPEN_WINDOWS + 3)], partition=0, processed_at=T0 + 86_400, now=0)
     assert len(w.open) == MAX_OPEN_WINDOWS
     closed = w.due(T0, now=0)
     assert closed_starts(closed) == [(0, "capacity"), (60, "capacity"), (120, "capacity")]
-    w.observe([login(T0 + 30)], {0}, T0 + 86_400, now=0)
+    observe(w, [login(T0 + 30)], partition=0, processed_at=T0 + 86_400, now=0)
     assert w.open[T0 + 86_400 - 86_400 % 60].too_late_events == 1  # its window was closed: counted, not lost
 
 
-def test_partitions_are_those_delivered_from_while_open():
+def test_partitions_are_those_whose_records_a_window_counted():
     w = windows()
-    w.observe([login(T0 + 5)], {0, 2}, T0 + 6, now=0)
-    w.observe([login(T0 + 6)], {1}, T0 + 7, now=0)
-    assert w.open[T0].partitions == {0, 1, 2}
+    w.observe([login(T0 + 5), login(T0 + 6), login(T0 + 65)], [(0, 1), (2, 1), (3, 1)], T0 + 66, now=0)
+    observe(w, [login(T0 + 7)], partition=1, processed_at=T0 + 8, now=0)
+    assert (w.open[T0].partitions, w.open[T0 + 60].partitions) == ({0, 1, 2}, {3})
+
+
+def test_a_partition_read_ahead_of_another_does_not_make_the_others_logins_late():
+    """One poll brings partition 0 up to minute 3 and partition 1 from minute 0: nothing is late."""
+    w = windows(grace=2)
+    ahead = [login(T0 + 60 * n) for n in range(4)]
+    behind = [login(T0 + 60 * n + 1) for n in range(4)]
+    w.observe(ahead + behind, [(0, 4), (1, 4)], T0 + 300, now=0)
+    assert sum(window.too_late_events for window in w.open.values()) == 0
+    assert w.open[T0].logins == 2
+    assert closed_starts(w.due(T0 + 300, now=0)) == [(0, "event_time"), (60, "event_time")]  # 120 + 60 + 2 > 180
+
+
+def test_a_partition_that_went_quiet_stops_holding_the_windows_open():
+    w = windows(grace=2, idle=30)
+    observe(w, [login(T0 + 5)], partition=0, processed_at=T0 + 6, now=0)
+    observe(w, [login(T0 + 130)], partition=1, processed_at=T0 + 131, now=31)
+    assert closed_starts(w.due(T0 + 131, now=31)) == [(0, "event_time")]
 
 
 def test_a_restart_flushes_partials_that_add_up_to_what_one_process_would_have_seen():
     events = [login(T0 + n % 60, user=f"u{n}", device_type=["ios", "android"][n % 2]) for n in range(500)]
     whole = windows()
-    whole.observe(events, {0}, T0 + 61, now=0)
+    observe(whole, events, partition=0, processed_at=T0 + 61, now=0)
     before, after = windows(), windows()
-    before.observe(events[:200], {0}, T0 + 61, now=0)
+    observe(before, events[:200], partition=0, processed_at=T0 + 61, now=0)
     [partial] = before.flush("stop")
-    after.observe(events[200:], {0}, T0 + 61, now=0)
+    observe(after, events[200:], partition=0, processed_at=T0 + 61, now=0)
     [rest] = after.flush("stop")
     assert partial.closed_by == "stop"
     merged = WindowSummary.from_record(json.loads(json.dumps(partial.summary.to_record("a", "stop", T0))))
@@ -138,16 +163,18 @@ def test_a_restart_flushes_partials_that_add_up_to_what_one_process_would_have_s
 
 def test_after_a_revoke_flush_the_same_window_opens_again_as_a_new_partial():
     w = windows()
-    w.observe([login(T0 + 5)], {0}, T0 + 6, now=0)
+    observe(w, [login(T0 + 5)], partition=0, processed_at=T0 + 6, now=0)
     [first] = w.flush("revoke")
-    w.observe([login(T0 + 7)], {1}, T0 + 8, now=0)
+    observe(w, [login(T0 + 7)], partition=1, processed_at=T0 + 8, now=0)
     assert first.summary.logins == 1
     assert (w.open[T0].logins, w.open[T0].too_late_events) == (1, 0)
 
 
 def test_a_record_round_trips_through_its_json():
     w = windows()
-    w.observe([login(T0 + 5, user=f"u{n}") for n in range(50)] + [junk(T0 + 6)], {3}, T0 + 6, now=0)
+    observe(
+        w, [login(T0 + 5, user=f"u{n}") for n in range(50)] + [junk(T0 + 6)], partition=3, processed_at=T0 + 6, now=0
+    )
     [closed] = w.flush("stop")
     record = closed.summary.to_record("host-1", "stop", T0 + 100)
     again = WindowSummary.from_record(json.loads(json.dumps(record)))
@@ -160,3 +187,16 @@ def test_a_record_round_trips_through_its_json():
 def test_summaries_of_different_windows_do_not_merge():
     with pytest.raises(ValueError):
         WindowSummary(T0, 60).merge(WindowSummary(T0 + 60, 60))
+
+
+def test_a_partition_just_assigned_holds_the_watermark_until_it_delivers():
+    """A poll may bring one partition's whole backlog before the next partition's first record."""
+    w = windows(grace=2, idle=30)
+    w.assigned({0, 1})
+    observe(w, [login(T0 + 60 * n) for n in range(4)], partition=0, processed_at=T0 + 300, now=100)
+    assert w.due(T0 + 300, now=101) == []  # assigned long before, yet partition 1 is waited for
+    observe(w, [login(T0 + 1)], partition=1, processed_at=T0 + 300, now=102)
+    assert w.open[T0].too_late_events == 0 and w.open[T0].logins == 2
+    assert closed_starts(w.due(T0 + 300, now=102)) == []  # partition 1 is at T0 + 1 now
+    idle = [(start, "idle") for start in (0, 60, 120, 180)]
+    assert closed_starts(w.due(T0 + 300, now=132)) == idle  # ...until the input has been quiet for idle_s

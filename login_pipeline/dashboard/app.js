@@ -1,6 +1,6 @@
 "use strict";
 const SVG = "http://www.w3.org/2000/svg";
-const COLORS = {valid: "#2e7d5b", repaired: "#d08a1e", rejected: "#c2413b", bar: "#3b6fd4", light: COLORS.light};
+const COLORS = {valid: "#2e7d5b", repaired: "#d08a1e", rejected: "#c2413b", bar: "#3b6fd4", light: "#9db7ea"};
 const lagHistory = [];
 const fmt = (n) => (n === null || n === undefined) ? "-" : Number(n).toLocaleString("en-US");
 const pct = (part, whole) => whole ? (100 * part / whole).toFixed(1) + "%" : "-";
@@ -24,7 +24,7 @@ function bars(id, entries, total) {
     const fill = el("div", {class: "fill"});
     fill.style.width = (top ? 100 * count / top : 0) + "%";
     if (name === "valid") fill.style.background = COLORS.valid;
-    else if (name !== "repaired" && id === "outcomes") fill.style.background = COLORS.rejected;
+    else if (!name.startsWith("repaired") && id === "outcomes") fill.style.background = COLORS.rejected;
     track.append(fill);
     li.append(el("span", {class: "name"}, name), track, el("span", {class: "num"}, total ? pct(count, total) : fmt(count)));
     list.append(li);
@@ -117,9 +117,9 @@ function render(data, alerts) {
   $("window-size").textContent = mine.window_size_s ? `(${mine.window_size_s} s windows, grace ${mine.window_grace_s} s; ${fmt(mine.open_windows.length)} open here)` : "";
   columnChart("chart-logins", windows.map((w) => ({label: w.window_start.slice(11, 16),
     parts: [[w.logins - w.repaired, COLORS.valid], [w.repaired, COLORS.repaired], [w.messages - w.logins, COLORS.rejected]]})), 170, true);
-  const reasons = new Map([["valid", 0], ["repaired", 0]]);
+  const reasons = new Map([["valid", 0], ["repaired (of valid)", 0]]);
   for (const w of windows) {
-    reasons.set("valid", reasons.get("valid") + w.logins); reasons.set("repaired", reasons.get("repaired") + w.repaired);
+    reasons.set("valid", reasons.get("valid") + w.logins); reasons.set("repaired (of valid)", reasons.get("repaired (of valid)") + w.repaired);
     for (const [reason, count] of Object.entries(w.rejected)) reasons.set(reason, (reasons.get(reason) || 0) + count);
   }
   bars("outcomes", [...reasons.entries()].filter((e) => e[1] > 0 || e[0] === "valid"), totals.messages);
