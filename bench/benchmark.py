@@ -13,8 +13,11 @@ one Markdown table. Every figure is a ratio or a distribution measured in this r
   with it on and scraped every second (15 times Prometheus' default rate): the cost of metrics.
 - latency: events fed at a steady 1,000/s into a LogAppendTime topic; end-to-end = output receipt
   time minus the input record's append time; p50 and p99; per engine.
-- memory: 1,000,000 events whose users, IPs and devices are all distinct; RSS of the processor (and
-  kafka-python's output process) at 20 % and 100 %, and the sum of their peaks; per engine.
+- live insights: the processor again with windows and alerts on (LIVE_INSIGHTS=on: windows and
+  alerts published to their topics, the HTTP server reading them back), against it with them off.
+- memory: 1,000,000 events whose users, IPs and devices are all distinct, windows and alerts on;
+  RSS of the processor (and kafka-python's output process) at 20 % and 100 %, and the sum of their
+  peaks; per engine.
 - scaling: drain time of N events on a 3-partition topic with 1, 2 and 3 processor processes.
 """
 
@@ -53,6 +56,16 @@ QUIX_VENV = brokers.STATE_DIR / "bench-quix"
 SCRAPE_INTERVAL_S = 1.0
 
 
+class Outputs(NamedTuple):
+    """A contender's own topics on the output cluster, and its own group."""
+
+    output: str
+    dlq: str
+    insights: str
+    alerts: str
+    group: str
+
+
 class Contender(NamedTuple):
     name: str
     command: list[str]
@@ -61,13 +74,29 @@ class Contender(NamedTuple):
 
 
 def processor(engine: str) -> Contender:
-    return Contender(f"processor ({engine})", PROCESSOR, {"KAFKA_CLIENT": engine, "METRICS_PORT": "0"})
+    """The processor alone: no HTTP server, no windows or alerts (the reference of both costs)."""
+    return Contender(
+        f"processor ({engine})", PROCESSOR, {"KAFKA_CLIENT": engine, "METRICS_PORT": "0", "LIVE_INSIGHTS": "off"}
+    )
 
 
 def scraped_processor(engine: str) -> Contender:
     port = brokers.free_ports(1)[0]
     return Contender(
-        f"processor ({engine}), metrics", PROCESSOR, {"KAFKA_CLIENT": engine, "METRICS_PORT": str(port)}, port
+        f"processor ({engine}), metrics",
+        PROCESSOR,
+        {"KAFKA_CLIENT": engine, "METRICS_PORT": str(port), "LIVE_INSIGHTS": "off"},
+        port,
+    )
+
+
+def live_processor(engine: str) -> Contender:
+    """With windows and alerts on, published to their topics, and the HTTP server reading them back."""
+    port = brokers.free_ports(1)[0]
+    return Contender(
+        f"processor ({engine}), live insights",
+        PROCESSOR,
+        {"KAFKA_CLIENT": engine, "METRICS_PORT": str(port), "LIVE_INSIGHTS": "on"},
     )
 
 
@@ -120,22 +149,25 @@ class Bench:
         self.log_dir = log_dir
         self.output_reader = KafkaConsumer(bootstrap_servers=pair.output.bootstrap)
 
-    def env(self, input_topic: str, output_topic: str, dlq_topic: str, group: str) -> dict[str, str]:
+    def env(self, input_topic: str, outputs: Outputs) -> dict[str, str]:
         return {
             **os.environ,
             "INPUT_BOOTSTRAP_SERVERS": self.pair.input.bootstrap,
             "OUTPUT_BOOTSTRAP_SERVERS": self.pair.output.bootstrap,
             "INPUT_TOPIC": input_topic,
-            "OUTPUT_TOPIC": output_topic,
-            "DLQ_TOPIC": dlq_topic,
-            "CONSUMER_GROUP": group,
+            "OUTPUT_TOPIC": outputs.output,
+            "DLQ_TOPIC": outputs.dlq,
+            "INSIGHTS_TOPIC": outputs.insights,
+            "ALERTS_TOPIC": outputs.alerts,
+            "CONSUMER_GROUP": outputs.group,
             "PII_HASH_KEY": PII_KEY,
         }
 
-    def fresh_outputs(self, partitions: int = 1) -> tuple[str, str, str]:
-        output, dlq = unique_name("bench-out"), unique_name("bench-dlq")
-        create_topics(self.pair.output, partitions, output, dlq)
-        return output, dlq, unique_name("bench-group")
+    def fresh_outputs(self, partitions: int = 1) -> Outputs:
+        outputs = Outputs(*(unique_name(f"bench-{what}") for what in ("out", "dlq", "insights", "alerts", "group")))
+        create_topics(self.pair.output, partitions, outputs.output, outputs.dlq)
+        create_topics(self.pair.output, 1, outputs.insights, outputs.alerts)
+        return outputs
 
     def preload(self, count: int, partitions: int, profile: FeedProfile) -> str:
         topic = unique_name("bench-in")
@@ -167,8 +199,9 @@ class Bench:
         on_sample=None,
     ) -> float:
         """Start the commands on fresh outputs; seconds from the first output record to `expect` of them."""
-        output, dlq, group = self.fresh_outputs(partitions)
-        env = self.env(input_topic, output, dlq, group)
+        outputs = self.fresh_outputs(partitions)
+        output, dlq = outputs.output, outputs.dlq
+        env = self.env(input_topic, outputs)
         processes = [self.start(contender, env, f"{contender.name}-{n}") for n, contender in enumerate(contenders)]
         done = threading.Event()
         for contender in contenders:
@@ -215,6 +248,8 @@ def throughput(bench: Bench, events: int, runs: int, naive_events: int) -> dict[
         (processor("confluent-kafka"), events),
         (scraped_processor("kafka-python"), events),
         (scraped_processor("confluent-kafka"), events),
+        (live_processor("kafka-python"), events),
+        (live_processor("confluent-kafka"), events),
         (baseline("kafka-python-passthrough"), events),
         (baseline("confluent-passthrough"), events),
         (quix_streams(), events),
@@ -308,7 +343,7 @@ def memory(bench: Bench, engine: str, topic: str, events: int) -> tuple[float, f
             samples["at100"] = tree_rss_mb(pid)
             samples["peak"] = tree_peak_rss_mb(pid)
 
-    bench.drain([processor(engine)], topic, events, partitions=3, on_sample=sample)
+    bench.drain([live_processor(engine)], topic, events, partitions=3, on_sample=sample)
     return samples["at20"], samples["at100"], samples["peak"]
 
 
@@ -414,6 +449,15 @@ def main() -> int:
             )
             for engine in ENGINES
         ]
+        + [
+            (
+                f"{engine} engine: windows and alerts on / off",
+                f"{ratio(f'processor ({engine}), live insights', f'processor ({engine})'):.2f}",
+                ">= 0.9",
+                ok(ratio(f"processor ({engine}), live insights", f"processor ({engine})") >= 0.9),
+            )
+            for engine in ENGINES
+        ]
     )
     for engine, ((p50, p99), (at20, at100, peak), drains) in per_engine.items():
         rows += [
@@ -429,7 +473,12 @@ def main() -> int:
                 "",
                 "",
             ),
-            (f"{engine}: RSS growth 20 % -> 100 %", f"{at100 - at20:+.1f} MB", "<= 30 MB", ok(at100 - at20 <= 30)),
+            (
+                f"{engine}: RSS growth 20 % -> 100 %, windows and alerts on",
+                f"{at100 - at20:+.1f} MB",
+                "<= 30 MB",
+                ok(at100 - at20 <= 30),
+            ),
             (f"{engine}: peak RSS", f"{peak:.0f} MB", "", ""),
         ] + [
             (

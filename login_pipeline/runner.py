@@ -485,7 +485,10 @@ def main(config: Config, process: Process, pseudonymize: Callable[[str], str]) -
             since = time.time() - KEPT_WINDOWS * config.windows.size_s
             publisher, feed = engines.live_channels(config, since)
             live = LiveInsights(config, publisher, pseudonymize)
-            view = GroupView(config.insights_topic, config.alerts_topic)
+            if config.metrics_port:  # the group's view is read back only for the HTTP server to show
+                view = GroupView(config.insights_topic, config.alerts_topic)
+            else:
+                feed.close()
     except StartupError as error:
         log.error("%s", error)
         return 1
