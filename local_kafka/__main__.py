@@ -111,6 +111,7 @@ def demo(clusters: tuple[brokers.Cluster, ...]) -> int:
             start_new_session=True,
         )
     print(f"generator sending {DEMO_RATE} events/s to user-login (log: {generator_log}); Ctrl+C stops", flush=True)
+    print("live dashboard: http://127.0.0.1:9400/ (its first window closes about a minute in)", flush=True)
     # The processor shares our terminal, so Ctrl+C reaches it directly; we only wait for it to finish.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:

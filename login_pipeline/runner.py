@@ -28,6 +28,10 @@ Contract of `Pipeline.run`:
   first offsets still in flight and retries with capped exponential backoff until the output
   cluster is back. A batch the output cluster refuses to take from us (a missing ACL) stops the
   run at once, exit 1, nothing committed past the last acknowledged batch.
+- Live insights (login_pipeline.live, when given): each delivered batch is counted into the
+  windows and alert rules once, with the insights; closed windows go out once a loop turn, and
+  before partitions are revoked or the final commit the open ones go out as partial records
+  (bounded waits: REVOKE_PUBLISH_S, FINAL_PUBLISH_TIMEOUT_S). They never hold back a commit.
 - Stop: the first SIGINT/SIGTERM finishes the batch in hand, waits for everything in flight,
   commits every delivered position and waits for the answer, prints the final insights and leaves
   the group: exit 0 when the final commit succeeded,
