@@ -20,6 +20,7 @@ from login_pipeline.results import ProcessedLogin, ProcessingResult
 from login_pipeline.windows import iso
 
 State = TypeVar("State")
+RULES = ("credential_stuffing", "locale_hopping", "shared_device", "login_burst")
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,18 @@ Two kinds, both cheap on the hot path:
   from them when Prometheus scrapes (`_InsightsCollector`), so nothing is counted twice and the
   figures equal the printed ones.
 
+- With live insights, what the windows and alert rules did (`_LiveCollector`): windows published
+  and open, alerts by rule, subjects kept and evicted, records not published.
+
 Labels are bounded: `topic` is "output" or "dlq", `reason` one of login_pipeline.results' reasons,
-`partition` one of the input topic's partitions. No label or value ever holds input data or a secret.
+`partition` one of the input topic's partitions, `rule` one of the four alert rules. No label or
+value ever holds input data or a secret.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Iterator
 from typing import Callable, Optional
@@ -23,9 +28,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from login_pipeline.alerts import RULES
 from login_pipeline.client import Partition
 from login_pipeline.config import Config
 from login_pipeline.insights import Insights
+from login_pipeline.live import LiveInsights
 
 PREFIX = "login_processor"
 # Batches take milliseconds to seconds; acknowledgements up to the 150 s acknowledgement timeout.
@@ -39,7 +46,13 @@ disable_created_metrics()
 class PipelineMetrics:
     """Every metric of one processor; `registry` is what /metrics serves."""
 
-    def __init__(self, config: Config, insights: Insights, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: Config,
+        insights: Insights,
+        clock: Callable[[], float] = time.time,
+        live: Optional[LiveInsights] = None,
+    ) -> None:
         self.registry = registry = CollectorRegistry(auto_describe=True)
         self._clock = clock
         info = Info(f"{PREFIX}_build", "The processor's engine, group and topics (never a secret).", registry=registry)
@@ -120,6 +133,8 @@ class PipelineMetrics:
         ).set_function(self._event_time_lag)
         self._lagging: set[int] = set()
         registry.register(_InsightsCollector(insights))
+        if live is not None:
+            registry.register(_LiveCollector(live, insights.lock))
 
     def _event_time_lag(self) -> float:
         newest = self._insights.newest_login_ts
@@ -190,3 +205,38 @@ class _InsightsCollector(Collector):
             )
         )
         return families
+
+
+class _LiveCollector(Collector):
+    """Windows and alerts, read from the live insights at scrape time under the insights' lock."""
+
+    def __init__(self, live: LiveInsights, lock: threading.Lock) -> None:
+        self._live = live
+        self._lock = lock
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            live = self._live
+            published = live.windows_published
+            raised = dict(live.alerts_raised)
+            kept = sum(len(state) for state in live.rules.states())
+            evicted = live.rules.evicted()
+            failures = live.publish_failures
+            open_windows = len(live.windows.open)
+        yield CounterMetricFamily(
+            f"{PREFIX}_windows_published", "Window records (closed or partial) handed to the insights topic.", published
+        )
+        yield GaugeMetricFamily(f"{PREFIX}_windows_open", "Windows this process holds open.", open_windows)
+        alerts = CounterMetricFamily(f"{PREFIX}_alerts", "Suspicious-login alerts raised, by rule.", labels=["rule"])
+        for rule in RULES:
+            alerts.add_metric([rule], raised.get(rule, 0))
+        yield alerts
+        yield GaugeMetricFamily(f"{PREFIX}_alert_subjects", "Subjects (ips, devices, users) the rules keep.", kept)
+        yield CounterMetricFamily(
+            f"{PREFIX}_alert_subjects_evicted",
+            "Subjects dropped from the rules' state while still within their window (ALERT_STATE_KEYS).",
+            evicted,
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_live_publish_failures", "Window and alert records the output cluster did not take.", failures
+        )

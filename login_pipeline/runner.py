@@ -152,7 +152,7 @@ class Pipeline:
         self._clock = clock
         self.insights = Insights()
         self.offsets = Offsets()
-        self.metrics = PipelineMetrics(config, self.insights, clock)
+        self.metrics = PipelineMetrics(config, self.insights, clock, live)
         self.last_iteration = time.monotonic()  # liveness: the loop came round at this time
         self.joined = False  # readiness: the member holds its assignment (possibly none)
         self.last_lag: Optional[int] = None  # records behind, over the assigned partitions, at the last turn

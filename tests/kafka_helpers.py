@@ -137,12 +137,14 @@ class Topics:
         create_topics(kafka.output, 1, topics.insights, topics.alerts)
         if kafka.input.security is not None and acls:
             grant(kafka.input, *processor_grants(PROCESSOR, topics.input, topics.group))
-            grant(
-                kafka.output,
-                *producer_grants(PROCESSOR, topics.output, topics.dlq, topics.insights, topics.alerts),
-                *reader_grants(PROCESSOR, topics.insights, topics.alerts),
-            )
+            grant(kafka.output, *topics.output_grants())
         return topics
+
+    def output_grants(self) -> tuple:
+        """The README's output-cluster ACLs for the processor, on these topics."""
+        return producer_grants(PROCESSOR, self.output, self.dlq, self.insights, self.alerts) + reader_grants(
+            PROCESSOR, self.insights, self.alerts
+        )
 
 
 class Processor:

@@ -18,9 +18,11 @@ from local_kafka.brokers import PROJECT_DIR, free_ports
 from login_pipeline.client import Partition
 from login_pipeline.config import SETTINGS, load
 from login_pipeline.insights import Insights
+from login_pipeline.live import LiveInsights
 from login_pipeline.metrics import PipelineMetrics
 from login_pipeline.results import MALFORMED_JSON, Rejection
 from login_pipeline.status_server import Verdict, serving
+from tests.fakes import FakePublisher
 
 MONITORING = PROJECT_DIR / "monitoring"
 COMPOSE = yaml.safe_load((PROJECT_DIR / "docker-compose.yml").read_text())
@@ -37,7 +39,9 @@ def exposed() -> set[str]:
     series has a value."""
     insights = Insights()
     insights.observe(Rejection(MALFORMED_JSON, None, "not JSON"))
-    metrics = PipelineMetrics(load([], "test", environ={}), insights)
+    config = load([], "test", environ={})
+    live = LiveInsights(config, FakePublisher(), str)
+    metrics = PipelineMetrics(config, insights, live=live)
     for topic in ("output", "dlq"):
         metrics.produced.labels(topic).inc()
         metrics.acknowledged.labels(topic).inc()
@@ -68,6 +72,7 @@ def test_metric_names_follow_prometheus_practice(exposed):
         assert not re.search(r"_(ms|milliseconds|minutes|bytes_total_total)$", name), name  # base units
     counters = [n for n in exposed if n.endswith("_total")]
     assert "login_processor_messages_consumed_total" in counters and "login_processor_commit_failures_total" in counters
+    assert {"login_processor_alerts_total", "login_processor_windows_published_total"} <= set(counters)
 
 
 def test_the_alerting_rules_cover_lag_dead_letters_readiness_and_commits():

@@ -185,7 +185,7 @@ def test_no_read_acl_on_the_input_topic_stops_with_one_line(secured, engine, tmp
         Grant(PROCESSOR, "topic", topics.input, "DESCRIBE"),
         Grant(PROCESSOR, "group", topics.group, "READ"),
     )
-    grant(secured.output, *producer_grants(PROCESSOR, topics.output, topics.dlq))
+    grant(secured.output, *topics.output_grants())
     processor = Processor(secured, topics, tmp_path, engine=engine)
     fails_fast(processor, f"user 'processor' may not READ topic '{topics.input}' on the input cluster")
     nothing_happened(secured, topics, processor)
@@ -194,7 +194,7 @@ def test_no_read_acl_on_the_input_topic_stops_with_one_line(secured, engine, tmp
 def test_no_group_acl_stops_with_one_line_having_consumed_nothing(secured, engine, tmp_path):
     topics = fed(secured, acls=False)
     grant(secured.input, Grant(PROCESSOR, "topic", topics.input, "READ"))
-    grant(secured.output, *producer_grants(PROCESSOR, topics.output, topics.dlq))
+    grant(secured.output, *topics.output_grants())
     processor = Processor(secured, topics, tmp_path, engine=engine)
     fails_fast(processor, "GROUP_AUTHORIZATION_FAILED" if engine == "confluent-kafka" else "GroupAuthorizationFailed")
     nothing_happened(secured, topics, processor)

@@ -29,11 +29,10 @@ def connect(config: Config) -> tuple[Input, Output]:
     security = engine.client_security(config)
     engine.check_topics(access(config, "input"), security, [config.input_topic], "READ")
     output = access(config, "output")
-    written = [config.output_topic, config.dlq_topic]
-    if config.live_insights:
-        written += [config.insights_topic, config.alerts_topic]
-        engine.check_topics(output, security, [config.insights_topic, config.alerts_topic], "READ")
-    size_limits = engine.check_topics(output, security, written, "WRITE")
+    live_topics = [config.insights_topic, config.alerts_topic] if config.live_insights else []
+    size_limits = engine.check_topics(output, security, [config.output_topic, config.dlq_topic, *live_topics], "WRITE")
+    if live_topics:
+        engine.check_topics(output, security, live_topics, "READ")
     return engine.connect(config, security, size_limits)
 
 
