@@ -271,10 +271,10 @@ def throughput(bench: Bench, events: int, runs: int, naive_events: int) -> dict[
 def latency(bench: Bench, engine: str, rate: int, seconds: int) -> tuple[float, float]:
     topic = unique_name("bench-latency")
     create_topics(bench.pair.input, 1, topic, configs={"message.timestamp.type": "LogAppendTime"})
-    output, dlq, group = bench.fresh_outputs()
+    outputs = bench.fresh_outputs()
     received: dict[int, float] = {}
     reader = KafkaConsumer(bootstrap_servers=bench.pair.output.bootstrap, fetch_max_wait_ms=100)
-    reader.assign([TopicPartition(output, 0)])
+    reader.assign([TopicPartition(outputs.output, 0)])
     done = threading.Event()
 
     def read() -> None:
@@ -284,7 +284,8 @@ def latency(bench: Bench, engine: str, rate: int, seconds: int) -> tuple[float, 
                 for message in messages:
                     received[int(dict(message.headers)["source.offset"])] = now
 
-    running = bench.start(processor(engine), bench.env(topic, output, dlq, group), f"latency-{engine}")
+    # The default configuration: windows and alerts on.
+    running = bench.start(live_processor(engine), bench.env(topic, outputs), f"latency-{engine}")
     thread = threading.Thread(target=read, daemon=True)
     thread.start()
     try:

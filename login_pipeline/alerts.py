@@ -1,8 +1,9 @@
 """Suspicious-login rules over delivered logins, in memory bounded per rule. No I/O here.
 
 Each rule keeps state per subject (an ip hash, a device hash, a user) in a `KeyedState`: entries
-expire once older than the rule's window, and past `capacity` subjects the least recently seen one
-is evicted and counted (`evicted`), so a flood of distinct users or addresses cannot grow memory.
+expire once older than the rule's window, and past `capacity` subjects the least recently seen go
+(to within a generation of capacity / 2) and are counted (`evicted`), so a flood of distinct users
+or addresses cannot grow memory.
 An eviction can only cost an alert (that subject starts again from nothing), never raise a false one.
 
 Times are event times (login_ts): a replayed backlog raises the alerts it would have raised live.
@@ -12,14 +13,12 @@ is hashed with the same key (`pseudonymize`). A subject that fired is quiet for 
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, Optional, TypeVar
+from typing import Any, Callable, Optional
 
 from login_pipeline.results import ProcessedLogin, ProcessingResult
 from login_pipeline.windows import iso
 
-State = TypeVar("State")
 RULES = ("credential_stuffing", "locale_hopping", "shared_device", "login_burst")
 
 
@@ -70,66 +69,92 @@ class Alert:
         }
 
 
-class KeyedState(Generic[State]):
-    """State per key, least recently seen first (a dict keeps insertion order); see the module's doc."""
+class KeyedState:
+    """Entries per subject in two generations of plain dicts; see the module's doc.
 
-    def __init__(self, capacity: int, ttl_s: int, new: Callable[[], State]) -> None:
-        self._capacity = capacity
-        self._ttl_s = ttl_s
-        self._new = new
-        self._entries: dict[str, tuple[int, State]] = {}  # key -> (last event time, state)
+    An entry is a tuple whose first item is the subject's last event time, replaced whole on update:
+    tuples and dicts of strings and numbers are not tracked by Python's cyclic garbage collector,
+    which otherwise walked every entry again and again (measured: the four rules took 10.2 us a
+    login at 100,000 distinct subjects with list entries, 4.6 with tuples).
+
+    New and re-seen subjects go to the young generation; when it holds half the capacity it becomes
+    the old one and the old one goes (its entries still within their window counted as `evicted`).
+    So at most `capacity` subjects are kept, and every subject seen within the last capacity / 2 new
+    ones is among them: least recently seen go first, to within a generation. Plain dicts, not an
+    LRU in an OrderedDict: two lookups a login, and no eviction scans (a plain dict kept in LRU
+    order scanned the holes at its front on every eviction: 39 us a login).
+    """
+
+    def __init__(self, capacity: int, ttl_s: int) -> None:
+        self.capacity = capacity
+        self.ttl_s = ttl_s
+        self.generation = max(capacity // 2, 1)  # entries a generation holds
+        self.young: dict[str, tuple[Any, ...]] = {}
+        self.old: dict[str, tuple[Any, ...]] = {}
+        self._young_since: Optional[float] = None  # event time when the young generation began
         self.evicted = 0
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self.young) + len(self.old)
 
-    def touch(self, key: str, event_time: int) -> State:
-        """The key's state, fresh when unknown or expired; the key becomes the most recently seen."""
-        entries = self._entries
-        entry = entries.pop(key, None)
-        if entry is None or entry[0] + self._ttl_s <= event_time:
-            state = self._new()
-            if len(entries) >= self._capacity:
-                oldest = next(iter(entries))
-                if entries.pop(oldest)[0] + self._ttl_s > event_time:
-                    self.evicted += 1  # still live: that subject's evidence is lost
-        else:
-            state = entry[1]
-        entries[key] = (max(event_time, entry[0]) if entry else event_time, state)
-        return state
+    def take(self, key: str) -> Optional[tuple[Any, ...]]:
+        """The key's entry, or None. One from the old generation leaves it: `put` it back (into the
+        young one). The rules look in `young` themselves first, a call saved a login."""
+        entry = self.young.get(key)
+        if entry is None:
+            entry = self.old.pop(key, None)
+        return entry
+
+    def put(self, key: str, entry: tuple[Any, ...]) -> None:
+        young = self.young
+        if key not in young:
+            if len(young) >= self.generation:
+                self.evicted += sum(1 for old in self.old.values() if old[0] + self.ttl_s > entry[0])
+                self.old, young, self._young_since = young, {}, entry[0]
+                self.young = young
+            elif self._young_since is None:
+                self._young_since = entry[0]
+        young[key] = entry
 
     def expire(self, watermark: float) -> None:
-        """Drop entries older than the window from the least recently seen end (cheap, amortized)."""
-        entries = self._entries
-        while entries:
-            key = next(iter(entries))
-            if entries[key][0] + self._ttl_s > watermark:
-                return
-            del entries[key]
-
-
-class _Distinct:
-    """Members seen of one subject within the window (at most `threshold` kept), and when it last fired."""
-
-    __slots__ = ("members", "fired_at")
-
-    def __init__(self) -> None:
-        self.members: dict[str, int] = {}  # member -> last event time
-        self.fired_at: Optional[int] = None
+        """Once the young generation is a window old, the old one holds only expired entries: drop it."""
+        if self._young_since is not None and watermark - self._young_since >= self.ttl_s:
+            self.old, self.young, self._young_since = self.young, {}, watermark
 
 
 class DistinctRule:
-    """Fires when one subject has `threshold` distinct members within `window_s` of event time."""
+    """Fires when one subject has `threshold` distinct members within `window_s` of event time.
+
+    Entry: (last event time, {member: its last event time} (at most threshold - 1 kept between
+    logins), event time it last fired or None); while a subject has one member, the member itself
+    stands for the dict: most subjects are seen once, and a dict each cost 0.3 us a login.
+    """
 
     def __init__(self, name: str, subject_kind: str, evidence: str, settings: RuleSettings, capacity: int) -> None:
         self.name, self.subject_kind, self.evidence = name, subject_kind, evidence
         self.threshold, self.window_s = settings.threshold, settings.window_s
-        self.state: KeyedState[_Distinct] = KeyedState(capacity, settings.window_s, _Distinct)
+        self.state = KeyedState(capacity, settings.window_s)
 
     def observe(self, subject: str, member: str, event_time: int) -> Optional[tuple[int, int]]:
         """(count, oldest member's time) when this login crosses the threshold, else None."""
-        state = self.state.touch(subject, event_time)
-        members = state.members
+        state = self.state
+        young = state.young
+        entry = young.get(subject) or state.take(subject)
+        if entry is None or entry[0] + self.window_s <= event_time:
+            if len(young) < state.generation:
+                young[subject] = (event_time, member, None)
+            else:
+                state.put(subject, (event_time, member, None))
+            return None  # one member: below every threshold (2 at least)
+        last, members, fired_at = entry
+        if members.__class__ is str:
+            if member == members:
+                state.put(subject, (max(event_time, last), members, fired_at))
+                return None
+            members = {members: last}
+            state.put(subject, (max(event_time, last), members, fired_at))
+        elif event_time > last or subject not in young:
+            state.put(subject, (max(event_time, last), members, fired_at))
         if member in members:
             if event_time > members[member]:
                 members[member] = event_time
@@ -146,41 +171,43 @@ class DistinctRule:
         # Keep the newest threshold - 1: the next new member is judged against them, memory stays bounded.
         while len(members) >= self.threshold:
             del members[min(members, key=members.__getitem__)]
-        if state.fired_at is not None and event_time < state.fired_at + self.window_s:
+        if fired_at is not None and event_time < fired_at + self.window_s:
             return None
-        state.fired_at = event_time
+        state.put(subject, (max(event_time, last), members, event_time))
         return self.threshold, first_seen
 
 
-class _Burst:
-    """The newest `threshold` login times of one user, and when it last fired."""
-
-    __slots__ = ("times", "fired_at")
-
-    def __init__(self, threshold: int) -> None:
-        self.times: deque[int] = deque(maxlen=threshold)
-        self.fired_at: Optional[int] = None
-
-
 class BurstRule:
-    """Fires when one user logs in `threshold` times within `window_s` of event time."""
+    """Fires when one user logs in `threshold` times within `window_s` of event time.
+
+    Entry: (last event time, the newest `threshold` login times, event time it last fired or None).
+    """
 
     name, subject_kind, evidence = "login_burst", "user_id_hash", "logins"
 
     def __init__(self, settings: RuleSettings, capacity: int) -> None:
         self.threshold, self.window_s = settings.threshold, settings.window_s
-        self.state: KeyedState[_Burst] = KeyedState(capacity, settings.window_s, lambda: _Burst(self.threshold))
+        self.state = KeyedState(capacity, settings.window_s)
 
     def observe(self, user: str, event_time: int) -> Optional[tuple[int, int]]:
-        state = self.state.touch(user, event_time)
-        times = state.times
-        times.append(event_time)
-        if len(times) < self.threshold or event_time - min(times) >= self.window_s:
+        state = self.state
+        young = state.young
+        entry = young.get(user) or state.take(user)
+        if entry is None or entry[0] + self.window_s <= event_time:
+            if len(young) < state.generation:
+                young[user] = (event_time, (event_time,), None)
+            else:
+                state.put(user, (event_time, (event_time,), None))
             return None
-        if state.fired_at is not None and event_time < state.fired_at + self.window_s:
-            return None
-        state.fired_at = event_time
-        return self.threshold, min(times)
+        last, times, fired_at = entry
+        times = (*times[1 - self.threshold :], event_time) if len(times) >= self.threshold else (*times, event_time)
+        crossed = (
+            len(times) == self.threshold
+            and event_time - min(times) < self.window_s
+            and (fired_at is None or event_time >= fired_at + self.window_s)
+        )
+        state.put(user, (max(event_time, last), times, event_time if crossed else fired_at))
+        return (self.threshold, min(times)) if crossed else None
 
 
 class AlertRules:
@@ -242,7 +269,7 @@ class AlertRules:
         for state in self.states():
             state.expire(self.watermark)
 
-    def states(self) -> list[KeyedState[Any]]:
+    def states(self) -> list[KeyedState]:
         return [self.stuffing.state, self.locales.state, self.devices.state, self.burst.state]
 
     def evicted(self) -> int:

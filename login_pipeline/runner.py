@@ -40,6 +40,7 @@ Contract of `Pipeline.run`:
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -93,6 +94,7 @@ SESSION_TIMEOUT_S = 10.0
 # librdkafka's poll): it may not wait long there, or the group evicts the member.
 REVOKE_SETTLE_S = SESSION_TIMEOUT_S / 4
 FINAL_COMMIT_TIMEOUT_S = 30.0
+GC_YOUNG_OBJECTS = 50_000
 FINAL_PUBLISH_TIMEOUT_S = 10.0  # the open windows' partial records at a stop
 REVOKE_PUBLISH_S = 1.0  # and at a revoke, inside the heartbeat's budget (REVOKE_SETTLE_S) with the settling
 NULL_VALUE = Rejection(MALFORMED_JSON, None, "the record has no value (null)")
@@ -497,6 +499,12 @@ def main(config: Config, process: Process, pseudonymize: Callable[[str], str]) -
         log.error("%s", error)
         return 1
     pipeline = Pipeline(config, process, source, output, stop, live=live)
+    # Everything made so far lives as long as the process: out of the collector's sight. And a young
+    # generation of GC_YOUNG_OBJECTS, not 700: every login makes several containers, and the default
+    # ran a collection every few dozen logins (measured in-process over 100,000 logins: 19.0 -> 16.6 us
+    # a login without live insights, 32-36 -> 27 us with them).
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_OBJECTS, *gc.get_threshold()[1:])
     reader = FeedReader(feed, view).start() if view is not None else None
     pages = web.pages(pipeline.this_instance, view) if view is not None else {}
     try:

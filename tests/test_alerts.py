@@ -27,6 +27,10 @@ def login(
     return process_message(json.dumps(event).encode(), at + 1.0, KEY)
 
 
+def pseudonym_ip(ip: str) -> str:
+    return login(T0, ip=ip).record["ip_hash"]
+
+
 def pseudonym(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
@@ -166,22 +170,46 @@ def test_thresholds_and_windows_come_from_the_settings():
 # bounded memory
 
 
+def kept(state: KeyedState) -> set[str]:
+    return set(state.young) | set(state.old)
+
+
 def test_state_is_capped_and_what_is_evicted_is_counted():
-    state: KeyedState[list[int]] = KeyedState(capacity=3, ttl_s=60, new=list)
-    for n in range(5):
-        state.touch(f"k{n}", T0)
-    assert len(state) == 3
-    assert state.evicted == 2
+    state = KeyedState(capacity=4, ttl_s=60)
+    for n in range(7):
+        state.put(f"k{n}", (T0,))
+    assert kept(state) == {"k4", "k5", "k6"}  # at most 4, the most recent among them
+    assert state.evicted == 4
 
 
 def test_expired_state_is_dropped_without_counting_it_evicted():
-    state: KeyedState[list[int]] = KeyedState(capacity=3, ttl_s=60, new=list)
+    state = KeyedState(capacity=4, ttl_s=60)
     for n in range(3):
-        state.touch(f"k{n}", T0)
-    state.touch("late", T0 + 61)  # the oldest had expired: dropped, not evicted
+        state.put(f"k{n}", (T0,))
+    state.put("late", (T0 + 61,))  # the first generation had expired: dropped, not evicted
     assert state.evicted == 0
     state.expire(T0 + 200)
+    state.expire(T0 + 300)
     assert len(state) == 0
+
+
+def test_a_subject_seen_again_moves_to_the_young_generation_and_outlives_the_others():
+    state = KeyedState(capacity=4, ttl_s=60)
+    state.put("kept", (T0,))
+    state.put("other", (T0,))
+    state.put("k2", (T0,))  # a new generation: kept and other are old now
+    state.put("kept", state.take("kept"))  # seen again: young
+    state.put("k3", (T0,))  # the next generation: other goes, kept stays
+    assert kept(state) == {"k2", "kept", "k3"}
+    assert state.evicted == 1
+
+
+def test_a_subject_seen_again_keeps_its_evidence():
+    alert_rules = AlertRules(AlertSettings(capacity=4), pseudonym)
+    alert_rules.observe([login(T0, user="u0", ip="192.0.2.1")])
+    alert_rules.observe([login(T0 + 1, user=f"u{n}", ip=f"192.0.2.{n}") for n in (2, 3)])
+    alert_rules.observe([login(T0 + 2, user="u9", ip="192.0.2.1")])
+    assert alert_rules.stuffing.state.take(pseudonym_ip("192.0.2.1"))[1] == {"u0": T0, "u9": T0 + 2}
 
 
 def test_distinct_users_and_ips_beyond_capacity_keep_each_rule_at_its_capacity():
