@@ -92,7 +92,7 @@ def test_a_record_read_again_after_a_reconnect_counts_once():
         b"\xff\xfe",
         b"[]",
         b'{"schema_version": 1}',
-        b"9" * 100_000,
+        b"9" * (1024 * 1024 + 1),
         orjson.dumps({**json.loads(window_record(range(3), "a")), "logins": -5}),
         orjson.dumps(
             {**json.loads(window_record(range(3), "a")), "users_hll": base64.b64encode(b"\xff" * 4096).decode()}
