@@ -1,10 +1,11 @@
 """Live insights: this process's windows and alerts, published as they close, and the group's view read back.
 
 Two halves, meeting only in Kafka:
-- `LiveInsights`, the run loop's side. `observe` takes each delivered batch (inside the run loop,
-  under the insights' lock) and publishes the alerts it raises; `tick`, once a loop turn, publishes
-  the windows that closed; `flush` publishes every open window as a partial record before
-  partitions go (a revoke) or the process ends (a stop), and waits a bounded time for them.
+- `LiveInsights`, the run loop's side (run in a child process by login_pipeline.live_process, so it
+  costs the run loop little). `observe` takes each delivered batch and publishes the alerts it
+  raises; `tick` publishes the windows that closed; `flush` publishes every open window as a
+  partial record before partitions go (a revoke) or the process ends (a stop), and waits a
+  bounded time for them.
   Publishing never blocks the loop longer than the Publisher's bound; a record it cannot publish is
   counted and logged, and processing goes on: these records are derived, the input is not held
   back for them.
@@ -25,7 +26,7 @@ from collections import deque
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import jsonschema
 import orjson
@@ -48,13 +49,26 @@ FEED_POLL_S = 1.0
 MAX_FEED_RECORD_BYTES = 1024 * 1024
 
 
+class Live(Protocol):
+    """What the run loop asks of the live insights (LiveInsights, or login_pipeline.live_process's
+    LiveProcess, which runs one in a child). Every method may block only briefly, except `flush`
+    (at most its timeout); `snapshot` may be called from any thread."""
+
+    def observe(self, results: list[ProcessingResult], spans: list[Span], processed_at: float) -> None: ...
+    def assigned(self, partitions: set[int]) -> None: ...
+    def tick(self) -> None: ...
+    def flush(self, reason: str, timeout_s: float) -> None: ...
+    def snapshot(self) -> dict[str, Any]: ...
+    def close(self) -> None: ...
+
+
 def instance_name() -> str:
     """Which processor this is, in records and on the dashboard: host and process id (never input data)."""
     return f"{socket.gethostname()[:100]}-{os.getpid()}"
 
 
 class LiveInsights:
-    """The run loop's side; see the module's doc. Every method is called from the run loop's thread."""
+    """The run loop's side; see the module's doc. Thread-safe: `snapshot` may come from HTTP threads."""
 
     def __init__(
         self,
@@ -63,13 +77,15 @@ class LiveInsights:
         pseudonymize: Callable[[str], str],
         wall_clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        instance: str | None = None,
     ) -> None:
         self._publisher = publisher
         self._insights_topic = config.insights_topic
         self._alerts_topic = config.alerts_topic
         self._wall_clock = wall_clock
         self._monotonic = monotonic
-        self.instance = instance_name()
+        self._lock = threading.Lock()
+        self.instance = instance or instance_name()
         settings = config.windows
         self.windows = TumblingWindows(settings.size_s, settings.grace_s, settings.idle_s)
         self.rules = AlertRules(config.alerts, pseudonymize)
@@ -77,20 +93,24 @@ class LiveInsights:
         self.alerts_raised: dict[str, int] = {}  # by rule: four keys at most
 
     def observe(self, results: list[ProcessingResult], spans: list[Span], processed_at: float) -> None:
-        self.windows.observe(results, spans, processed_at, self._monotonic())
-        for alert in self.rules.observe(results):
-            self._publish_alert(alert)
+        with self._lock:
+            self.windows.observe(results, spans, processed_at, self._monotonic())
+            for alert in self.rules.observe(results):
+                self._publish_alert(alert)
 
     def assigned(self, partitions: set[int]) -> None:
-        self.windows.assigned(partitions)
+        with self._lock:
+            self.windows.assigned(partitions)
 
     def tick(self) -> None:
-        self._publish(self.windows.due(self._wall_clock(), self._monotonic()))
-        self.rules.expire()
+        with self._lock:
+            self._publish(self.windows.due(self._wall_clock(), self._monotonic()))
+            self.rules.expire()
 
     def flush(self, reason: str, timeout_s: float) -> None:
         """Every open window as a partial record; waits at most `timeout_s` for the cluster to take them."""
-        self._publish(self.windows.flush(reason))
+        with self._lock:
+            self._publish(self.windows.flush(reason))
         undelivered = self._publisher.flush(timeout_s)
         if undelivered:
             log.error("%d window or alert records were not acknowledged within %.0f s", undelivered, timeout_s)
@@ -99,7 +119,11 @@ class LiveInsights:
         self._publisher.close()
 
     def snapshot(self) -> dict[str, Any]:
-        """This instance's open windows and counters, for /api/insights; call under the insights' lock."""
+        """This instance's open windows and counters, for /api/insights and the metrics."""
+        with self._lock:
+            return self._snapshot()
+
+    def _snapshot(self) -> dict[str, Any]:
         windows = self.windows
         return {
             "instance": self.instance,

@@ -19,7 +19,6 @@ value ever holds input data or a secret.
 from __future__ import annotations
 
 import math
-import threading
 import time
 from collections.abc import Iterator
 from typing import Callable, Optional
@@ -32,7 +31,7 @@ from login_pipeline.alerts import RULES
 from login_pipeline.client import Partition
 from login_pipeline.config import Config
 from login_pipeline.insights import Insights
-from login_pipeline.live import LiveInsights
+from login_pipeline.live import Live
 
 PREFIX = "login_processor"
 # Batches take milliseconds to seconds; acknowledgements up to the 150 s acknowledgement timeout.
@@ -51,7 +50,7 @@ class PipelineMetrics:
         config: Config,
         insights: Insights,
         clock: Callable[[], float] = time.time,
-        live: Optional[LiveInsights] = None,
+        live: Optional[Live] = None,
     ) -> None:
         self.registry = registry = CollectorRegistry(auto_describe=True)
         self._clock = clock
@@ -134,7 +133,7 @@ class PipelineMetrics:
         self._lagging: set[int] = set()
         registry.register(_InsightsCollector(insights))
         if live is not None:
-            registry.register(_LiveCollector(live, insights.lock))
+            registry.register(_LiveCollector(live))
 
     def _event_time_lag(self) -> float:
         newest = self._insights.newest_login_ts
@@ -208,35 +207,39 @@ class _InsightsCollector(Collector):
 
 
 class _LiveCollector(Collector):
-    """Windows and alerts, read from the live insights at scrape time under the insights' lock."""
+    """Windows and alerts, from the live insights' snapshot at scrape time."""
 
-    def __init__(self, live: LiveInsights, lock: threading.Lock) -> None:
+    def __init__(self, live: Live) -> None:
         self._live = live
-        self._lock = lock
 
     def collect(self) -> Iterator[Metric]:
-        with self._lock:
-            live = self._live
-            published = live.windows_published
-            raised = dict(live.alerts_raised)
-            kept = sum(len(state) for state in live.rules.states())
-            evicted = live.rules.evicted()
-            failures = live.publish_failures
-            open_windows = len(live.windows.open)
+        snapshot = self._live.snapshot()
+        if not snapshot:  # the live insights are gone (their process died): nothing to say
+            return
         yield CounterMetricFamily(
-            f"{PREFIX}_windows_published", "Window records (closed or partial) handed to the insights topic.", published
+            f"{PREFIX}_windows_published",
+            "Window records (closed or partial) handed to the insights topic.",
+            snapshot["windows_published"],
         )
-        yield GaugeMetricFamily(f"{PREFIX}_windows_open", "Windows this process holds open.", open_windows)
+        yield GaugeMetricFamily(
+            f"{PREFIX}_windows_open", "Windows this process holds open.", len(snapshot["open_windows"])
+        )
         alerts = CounterMetricFamily(f"{PREFIX}_alerts", "Suspicious-login alerts raised, by rule.", labels=["rule"])
         for rule in RULES:
-            alerts.add_metric([rule], raised.get(rule, 0))
+            alerts.add_metric([rule], snapshot["alerts_raised"].get(rule, 0))
         yield alerts
-        yield GaugeMetricFamily(f"{PREFIX}_alert_subjects", "Subjects (ips, devices, users) the rules keep.", kept)
+        yield GaugeMetricFamily(
+            f"{PREFIX}_alert_subjects",
+            "Subjects (ips, devices, users) the rules keep.",
+            snapshot["alert_subjects_kept"],
+        )
         yield CounterMetricFamily(
             f"{PREFIX}_alert_subjects_evicted",
             "Subjects dropped from the rules' state while still within their window (ALERT_STATE_KEYS).",
-            evicted,
+            snapshot["alert_subjects_evicted"],
         )
         yield CounterMetricFamily(
-            f"{PREFIX}_live_publish_failures", "Window and alert records the output cluster did not take.", failures
+            f"{PREFIX}_live_publish_failures",
+            "Window and alert records the output cluster did not take.",
+            snapshot["publish_failures"],
         )

@@ -64,7 +64,8 @@ from login_pipeline.client import (
 )
 from login_pipeline.config import Config
 from login_pipeline.insights import Insights
-from login_pipeline.live import KEPT_WINDOWS, FeedReader, GroupView, LiveInsights
+from login_pipeline.live import KEPT_WINDOWS, FeedReader, GroupView, Live
+from login_pipeline.live_process import LiveProcess
 from login_pipeline.metrics import PipelineMetrics
 from login_pipeline.offsets import InFlightBatch, Offsets
 from login_pipeline.results import (
@@ -142,7 +143,7 @@ class Pipeline:
         stop: StopRequest,
         out: TextIO = sys.stdout,
         clock: Callable[[], float] = time.time,
-        live: Optional[LiveInsights] = None,
+        live: Optional[Live] = None,
     ) -> None:
         self._config = config
         self.live = live
@@ -194,8 +195,7 @@ class Pipeline:
             exit_code = 1
         finally:
             if self.live is not None:
-                with self.insights.lock:
-                    self.live.flush("stop", FINAL_PUBLISH_TIMEOUT_S)
+                self.live.flush("stop", FINAL_PUBLISH_TIMEOUT_S)
             if not self._commit():
                 log.error(
                     "the final commit failed; a restart repeats what %d partitions had uncommitted",
@@ -247,8 +247,7 @@ class Pipeline:
                 )
                 self._stop.sleep(backoff)
             if self.live is not None:
-                with self.insights.lock:
-                    self.live.tick()
+                self.live.tick()
             metrics.in_flight.set(len(self.offsets.in_flight))
             metrics.assigned.set(len(self._input.assignment()))
             lags = self._input.lag(self.offsets.positions)
@@ -361,8 +360,8 @@ class Pipeline:
                 for result in batch.results:
                     insights.observe(result)
                 valid = insights.valid - valid_before
-                if self.live is not None:
-                    self.live.observe(batch.results, batch.spans, batch.processed_at)
+            if self.live is not None:
+                self.live.observe(batch.results, batch.spans, batch.processed_at)
             self.metrics.acknowledged.labels("output").inc(valid)
             self.metrics.acknowledged.labels("dlq").inc(len(batch.results) - valid)
             self.metrics.acknowledgement.observe(time.monotonic() - batch.handed_at)
@@ -391,8 +390,7 @@ class Pipeline:
     def _assigned(self, partitions: set[Partition]) -> None:
         self.joined = True  # the loop reads what is held (the assigned-partitions gauge) at each turn
         if self.live is not None:
-            with self.insights.lock:
-                self.live.assigned({partition.partition for partition in partitions})
+            self.live.assigned({partition.partition for partition in partitions})
 
     def _commit(self) -> bool:
         """Commit every delivered position and wait; False when it failed (kept: duplicates, never loss)."""
@@ -421,8 +419,7 @@ class Pipeline:
         if self.live is not None:
             # The open windows go out as partials now: whoever takes the partitions starts new ones,
             # and a reader adds the two up.
-            with self.insights.lock:
-                self.live.flush("revoke", REVOKE_PUBLISH_S)
+            self.live.flush("revoke", REVOKE_PUBLISH_S)
         offsets = self.offsets.take_commit()
         self.offsets.forget(revoked)
         return offsets
@@ -448,10 +445,8 @@ class Pipeline:
     def this_instance(self) -> dict[str, Any]:
         """This instance's part of /api/insights: running totals and live windows. Called from HTTP threads."""
         with self.insights.lock:
-            return {
-                "running_totals": self.insights.snapshot(self.last_lag),
-                **(self.live.snapshot() if self.live is not None else {}),
-            }
+            running_totals = self.insights.snapshot(self.last_lag)
+        return {"running_totals": running_totals, **(self.live.snapshot() if self.live is not None else {})}
 
     def _print_insights(self, final: bool = False) -> None:
         lags = self._input.lag(self.offsets.positions)
@@ -486,15 +481,13 @@ def main(config: Config, process: Process, pseudonymize: Callable[[str], str]) -
     stop.install()
     try:
         source, output = engines.connect(config)
-        live = view = None
+        live: Optional[Live] = None
+        view = feed = None
         if config.live_insights:
-            since = time.time() - KEPT_WINDOWS * config.windows.size_s
-            publisher, feed = engines.live_channels(config, since)
-            live = LiveInsights(config, publisher, pseudonymize)
+            live = LiveProcess(config, pseudonymize)
             if config.metrics_port:  # the group's view is read back only for the HTTP server to show
                 view = GroupView(config.insights_topic, config.alerts_topic)
-            else:
-                feed.close()
+                feed = engines.live_feed(config, time.time() - KEPT_WINDOWS * config.windows.size_s)
     except StartupError as error:
         log.error("%s", error)
         return 1
@@ -505,7 +498,7 @@ def main(config: Config, process: Process, pseudonymize: Callable[[str], str]) -
     # a login without live insights, 32-36 -> 27 us with them).
     gc.freeze()
     gc.set_threshold(GC_YOUNG_OBJECTS, *gc.get_threshold()[1:])
-    reader = FeedReader(feed, view).start() if view is not None else None
+    reader = FeedReader(feed, view).start() if view is not None and feed is not None else None
     pages = web.pages(pipeline.this_instance, view) if view is not None else {}
     try:
         with serving(

@@ -260,3 +260,12 @@ class FakePublisher:
 
     def values(self, topic: str) -> list[dict]:
         return [value for published_topic, _, value, _ in self.published if published_topic == topic]
+
+
+def fake_publisher(_config) -> FakePublisher:
+    """A publisher factory a child process can import (login_pipeline.live_process)."""
+    return FakePublisher()
+
+
+def failing_publisher(_config) -> FakePublisher:
+    raise ConnectionError("no cluster here")

@@ -36,12 +36,17 @@ def connect(config: Config) -> tuple[Input, Output]:
     return engine.connect(config, security, size_limits)
 
 
-def live_channels(config: Config, since_s: float) -> tuple[Publisher, Feed]:
-    """For live insights: a publisher to the output cluster, and a feed of its insights and alerts
-    topics from `since_s` (epoch seconds) on. The topics were checked by `connect`."""
+def live_publisher(config: Config) -> Publisher:
+    """For live insights: a publisher to the output cluster (its topics were checked by `connect`)."""
+    engine = _engine(config)
+    return engine.Publisher(config.output_bootstrap_servers, engine.client_security(config))
+
+
+def live_feed(config: Config, since_s: float) -> Feed:
+    """For live insights: the insights and alerts topics of the output cluster, from `since_s` (epoch seconds) on."""
     engine = _engine(config)
     topics = [config.insights_topic, config.alerts_topic]
-    return engine.live_channels(config.output_bootstrap_servers, engine.client_security(config), topics, since_s)
+    return engine.Feed(config.output_bootstrap_servers, engine.client_security(config), topics, since_s)
 
 
 def probes(config: Config) -> dict[str, Callable[[], bool]]:

@@ -601,7 +601,6 @@ class ConfluentFeed:
             self._consumer = None
 
 
-def live_channels(
-    servers: tuple[str, ...], security: dict[str, Any], topics: list[str], since_s: float
-) -> tuple[ConfluentPublisher, ConfluentFeed]:
-    return ConfluentPublisher(servers, security), ConfluentFeed(servers, security, topics, since_s)
+# What login_pipeline.engines.live_publisher and live_feed build with this engine.
+Publisher = ConfluentPublisher
+Feed = ConfluentFeed

@@ -393,7 +393,6 @@ class KafkaPythonFeed:
             self._consumer = None
 
 
-def live_channels(
-    servers: tuple[str, ...], security: dict[str, Any], topics: list[str], since_s: float
-) -> tuple[KafkaPythonPublisher, KafkaPythonFeed]:
-    return KafkaPythonPublisher(servers, security), KafkaPythonFeed(servers, security, topics, since_s)
+# What login_pipeline.engines.live_publisher and live_feed build with this engine.
+Publisher = KafkaPythonPublisher
+Feed = KafkaPythonFeed
