@@ -267,13 +267,15 @@ def test_a_200k_backlog_drains_with_bounded_memory(kafka, engine, tmp_path):
         peak_rss_mb=round(peak_rss_mb),
     )
     assert landed_count == 200_000
-    assert peak_rss_mb < 250
+    # Three processes with live insights on, the alert rules' state at its cap: 220-240 MB in make bench.
+    assert peak_rss_mb < 400
 
 
 def test_a_dead_output_process_stops_the_processor_with_exit_1_and_loses_nothing(kafka, tmp_path):
     topics = Topics.create(kafka)
     producer = feed(kafka, topics, count=4_000, rate=1_000, seed=17)
-    processor = Processor(kafka, topics, tmp_path, BATCH_SIZE=str(BATCH))  # kafka-python's output child
+    # kafka-python's output child, the only child: the live insights' process would be a second one.
+    processor = Processor(kafka, topics, tmp_path, BATCH_SIZE=str(BATCH), LIVE_INSIGHTS="off")
     with processor:
         wait_until(
             lambda: any(committed_offsets(kafka.input, topics.input, topics.group).values()),
