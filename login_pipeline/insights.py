@@ -16,6 +16,7 @@ from typing import Any
 
 from login_pipeline.results import ProcessedLogin, ProcessingResult
 from login_pipeline.sketches import CappedCounts, HyperLogLog, LogHistogram, MinuteCounts
+from login_pipeline.windows import iso
 
 TOP_N = 5
 SHOWN_CHARS = 24  # an input value is cut to this many characters on the terminal
@@ -80,11 +81,8 @@ class Insights:
             "device_types": _counted(self._device_types),
             "locales": _counted(self._locales),
             "app_versions": _counted(self._app_versions),
-            "logins_per_minute": [
-                [datetime.fromtimestamp(minute, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), count]
-                for minute, count in self._per_minute.newest(10)
-            ],
-            "event_delay_s": {f"p{round(q * 100)}": self.delay.quantile(q) for q in (0.5, 0.95, 0.99)},
+            "logins_per_minute": [[iso(minute), count] for minute, count in self._per_minute.newest(10)],
+            "event_delay_s": self.delay.percentiles(),
         }
 
     def render(self, lag: int | None, title: str = "insights") -> str:

@@ -256,7 +256,7 @@ def window_view(summary: WindowSummary) -> dict[str, Any]:
         "device_types": summary.shares(0),
         "locales": summary.shares(1),
         "app_versions": summary.shares(2),
-        "event_delay_s": summary.delay_quantiles(),
+        "event_delay_s": summary.delay.percentiles(),
     }
 
 

@@ -28,10 +28,11 @@ Contract of `Pipeline.run`:
   first offsets still in flight and retries with capped exponential backoff until the output
   cluster is back. A batch the output cluster refuses to take from us (a missing ACL) stops the
   run at once, exit 1, nothing committed past the last acknowledged batch.
-- Live insights (login_pipeline.live, when given): each delivered batch is counted into the
-  windows and alert rules once, with the insights; closed windows go out once a loop turn, and
-  before partitions are revoked or the final commit the open ones go out as partial records
-  (bounded waits: REVOKE_PUBLISH_S, FINAL_PUBLISH_TIMEOUT_S). They never hold back a commit.
+- Live insights (login_pipeline.live, when given): each delivered batch is handed to the windows
+  and alert rules once, with the insights; they publish what closes (`tick`, once a loop turn, or
+  by themselves in their own process), and before partitions are revoked or the final commit the
+  open windows go out as partial records (bounded waits: REVOKE_PUBLISH_S, FINAL_PUBLISH_TIMEOUT_S).
+  They never hold back a commit.
 - Stop: the first SIGINT/SIGTERM finishes the batch in hand, waits for everything in flight,
   commits every delivered position and waits for the answer, prints the final insights and leaves
   the group: exit 0 when the final commit succeeded,
@@ -250,9 +251,7 @@ class Pipeline:
                 self.live.tick()
             metrics.in_flight.set(len(self.offsets.in_flight))
             metrics.assigned.set(len(self._input.assignment()))
-            lags = self._input.lag(self.offsets.positions)
-            metrics.set_lags(lags)
-            self.last_lag = sum(lags.values()) if lags else None
+            self._read_lags()
             # At most one block per batch, so draining a backlog does not flood the terminal.
             if self.insights.processed // every > blocks_printed:
                 blocks_printed = self.insights.processed // every
@@ -448,10 +447,17 @@ class Pipeline:
             running_totals = self.insights.snapshot(self.last_lag)
         return {"running_totals": running_totals, **(self.live.snapshot() if self.live is not None else {})}
 
-    def _print_insights(self, final: bool = False) -> None:
+    def _read_lags(self) -> None:
+        """Ask the input how far behind each partition is: for the metrics, the API and the printed block."""
         lags = self._input.lag(self.offsets.positions)
-        lag = sum(lags.values()) if lags else None
-        block = self.insights.render(lag, title="final insights" if final else "insights")
+        self.metrics.set_lags(lags)
+        self.last_lag = sum(lags.values()) if lags else None
+
+    def _print_insights(self, final: bool = False) -> None:
+        """The insights block, with the lag read at this loop turn (or read afresh for the final one)."""
+        if final:
+            self._read_lags()
+        block = self.insights.render(self.last_lag, title="final insights" if final else "insights")
         print(block, file=self._out, flush=True)
 
 
@@ -481,16 +487,22 @@ def main(config: Config, process: Process, pseudonymize: Callable[[str], str]) -
     stop.install()
     try:
         source, output = engines.connect(config)
-        live: Optional[Live] = None
-        view = feed = None
-        if config.live_insights:
-            live = LiveProcess(config, pseudonymize)
-            if config.metrics_port:  # the group's view is read back only for the HTTP server to show
-                view = GroupView(config.insights_topic, config.alerts_topic)
-                feed = engines.live_feed(config, time.time() - KEPT_WINDOWS * config.windows.size_s)
     except StartupError as error:
         log.error("%s", error)
         return 1
+    live: Optional[Live] = None
+    view = feed = None
+    if config.live_insights:
+        try:
+            live = LiveProcess(config, pseudonymize)
+        except StartupError as error:
+            log.error("%s", error)
+            source.close()  # the consumer (not yet subscribed), and the output process it started
+            output.close()
+            return 1
+        if config.metrics_port:  # the group's view is read back only for the HTTP server to show
+            view = GroupView(config.insights_topic, config.alerts_topic)
+            feed = engines.live_feed(config, time.time() - KEPT_WINDOWS * config.windows.size_s)
     pipeline = Pipeline(config, process, source, output, stop, live=live)
     # Everything made so far lives as long as the process: out of the collector's sight. And a young
     # generation of GC_YOUNG_OBJECTS, not 700: every login makes several containers, and the default

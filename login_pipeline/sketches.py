@@ -10,6 +10,7 @@ from hashlib import blake2b
 from typing import Generic, TypeVar
 
 Value = TypeVar("Value", bound=Hashable)
+PERCENTILES = (0.5, 0.95, 0.99)
 
 
 class HyperLogLog:
@@ -137,6 +138,10 @@ class LogHistogram:
             if index % every == 0:
                 result.append((bound, seen))
         return result + [(math.inf, self.total)]
+
+    def percentiles(self) -> dict[str, float | None]:
+        """p50, p95 and p99, as the API and the insights topic show them."""
+        return {f"p{round(q * 100)}": self.quantile(q) for q in PERCENTILES}
 
     def quantile(self, q: float) -> float | None:
         """The upper bound of the bucket holding the q-quantile; None before any value."""

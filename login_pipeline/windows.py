@@ -44,7 +44,6 @@ Span = tuple[int, int]  # (input partition, how many consecutive results of a ba
 # instead of three. Real traffic has hundreds; what does not fit is reported as "other".
 SEGMENT_CAPACITY = 4096
 SCHEMA_VERSION = 1
-DELAY_QUANTILES = (0.5, 0.95, 0.99)
 
 
 @dataclass(eq=False)  # compared by identity: an open window is one object, updated in place
@@ -114,7 +113,7 @@ class WindowSummary:
             "segments_other": self.segments.other,
             "distinct_users": self.users.count(),
             "users_hll": base64.b64encode(self.users.registers).decode(),
-            "event_delay_s": self.delay_quantiles(),
+            "event_delay_s": self.delay.percentiles(),
             "event_delay_buckets": {str(index): count for index, count in self.delay.counts().items()},
             "event_delay_sum_s": self.delay.sum,
         }
@@ -143,9 +142,6 @@ class WindowSummary:
         )
         summary.partitions = set(record["partitions"])
         return summary
-
-    def delay_quantiles(self) -> dict[str, Optional[float]]:
-        return {f"p{round(q * 100)}": self.delay.quantile(q) for q in DELAY_QUANTILES}
 
 
 @dataclass(frozen=True)
