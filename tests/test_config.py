@@ -96,6 +96,16 @@ def test_sasl_settings_pass_through_to_the_clients(tmp_path):
         ({"SECURITY_PROTOCOL": "SASL_SSL", "SASL_MECHANISM": "GSSAPI"}, "SASL_MECHANISM must be one of"),
         ({"SECURITY_PROTOCOL": "SASL_PLAINTEXT", "SASL_MECHANISM": "PLAIN"}, "SASL_USERNAME is required"),
         ({"SSL_CAFILE": "/no/such/ca.pem"}, "SSL_CAFILE='/no/such/ca.pem' is not a readable file"),
+        ({"LIVE_INSIGHTS": "yes"}, "LIVE_INSIGHTS='yes' is not one of on, off"),
+        ({"INSIGHTS_TOPIC": "user-login-dlq"}, "DLQ_TOPIC and INSIGHTS_TOPIC must differ"),
+        ({"ALERTS_TOPIC": "login-insights"}, "INSIGHTS_TOPIC and ALERTS_TOPIC must differ"),
+        ({"ALERTS_TOPIC": "alerts\x1b]0;x\x07"}, "ALERTS_TOPIC='alerts\\x1b]0;x\\x07' must be 1-249 letters"),
+        ({"WINDOW_SIZE_S": "0"}, "WINDOW_SIZE_S='0' must be a whole number from 1 to 86,400"),
+        ({"WINDOW_GRACE_S": "-1"}, "WINDOW_GRACE_S='-1' must be a whole number from 0 to 86,400"),
+        ({"WINDOW_IDLE_S": "86401"}, "WINDOW_IDLE_S='86401' must be a whole number from 1 to 86,400"),
+        ({"ALERT_LOCALES": "1"}, "ALERT_LOCALES='1' must be a whole number from 2 to 10,000"),
+        ({"ALERT_BURST_WINDOW_S": "604801"}, "ALERT_BURST_WINDOW_S='604801' must be a whole number from 1 to 604,800"),
+        ({"ALERT_STATE_KEYS": "0"}, "ALERT_STATE_KEYS='0' must be a whole number from 1 to 10,000,000"),
     ],
 )
 def test_invalid_settings_raise_one_line_naming_the_setting(environ, complaint):
@@ -184,3 +194,18 @@ def test_each_engine_maps_the_security_settings_to_its_clients_names(tmp_path):
         "sasl.password": "pw",
         "ssl.ca.location": str(ca),
     }
+
+
+def test_the_live_insights_settings_reach_the_windows_and_rules():
+    config = load(
+        [],
+        "test",
+        environ={
+            "WINDOW_GRACE_S": "0",
+            "ALERT_STUFFING_USERS": "2",
+            "ALERT_STUFFING_WINDOW_S": "60",
+            "LIVE_INSIGHTS": "OFF",
+        },
+    )
+    assert config.windows.grace_s == 0 and not config.live_insights
+    assert (config.alerts.credential_stuffing.threshold, config.alerts.credential_stuffing.window_s) == (2, 60)
