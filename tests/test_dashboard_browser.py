@@ -8,11 +8,13 @@ saying so, only where no Chromium is installed.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 import time
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 
@@ -49,11 +51,18 @@ class TextById(HTMLParser):
                 self.text[element] = self.text.get(element, "") + data
 
 
-def browse(url: str, *extra: str) -> str:
-    result = subprocess.run(
-        [BROWSER, *BROWSER_ARGS, *extra, url], capture_output=True, text=True, timeout=120, check=True
-    )
-    return result.stdout
+def browse(url: str, home: Path, *extra: str) -> str:
+    """Chromium's output for `url`. Its profile, crash reports and caches go under `home`: Chromium
+    writes them below $HOME and the XDG directories otherwise, and a test leaves the user's untouched."""
+    home.mkdir(exist_ok=True)
+    environment = {
+        **os.environ,
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home / "config"),
+        "XDG_CACHE_HOME": str(home / "cache"),
+    }
+    command = [BROWSER, *BROWSER_ARGS, f"--user-data-dir={home / 'profile'}", *extra, url]
+    return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=120, check=True).stdout
 
 
 def number(text: str) -> int:
@@ -70,7 +79,7 @@ def test_the_dashboard_shows_what_was_fed(plain_kafka, tmp_path):
         wait_until(lambda: (group_totals(port) or {}).get("messages") == stream.messages, 90, message="windows closed")
         url = f"http://127.0.0.1:{port}/"
         page = TextById()
-        page.feed(browse(url, "--dump-dom"))
+        page.feed(browse(url, tmp_path / "browser-home", "--dump-dom"))
         shown = page.text
         assert number(shown["group-logins"]) == stream.logins
         assert number(shown["group-rejected"]) == stream.rejected
@@ -82,7 +91,7 @@ def test_the_dashboard_shows_what_was_fed(plain_kafka, tmp_path):
         assert "ios" in shown["device-types"] and "pt-BR".upper() in shown["locales"].upper()
         assert shown["status"].startswith("updated")
         screenshot = tmp_path / "dashboard.png"
-        browse(url, f"--screenshot={screenshot}", "--window-size=1440,1100")
+        browse(url, tmp_path / "browser-home", f"--screenshot={screenshot}", "--window-size=1440,1100")
         assert screenshot.stat().st_size > 10_000
         print(f"dashboard screenshot: {screenshot}")
     finally:
