@@ -27,7 +27,7 @@ import threading
 from multiprocessing.connection import Connection
 from typing import Any, Callable, Optional
 
-from login_pipeline import engines, logs
+from login_pipeline import engines, gc_tuning, logs
 from login_pipeline.client import Publisher, StartupError
 from login_pipeline.config import Config
 from login_pipeline.live import LiveInsights, instance_name
@@ -179,6 +179,7 @@ def _serve(
                         try:
                             live = LiveInsights(config, publisher_factory(config), pseudonymize, instance=instance)
                             connection.send((number, "ready"))
+                            gc_tuning.settle()
                         except Exception as error:  # said in the parent's one line
                             connection.send((number, f"{type(error).__name__}: {error}"))
                             return

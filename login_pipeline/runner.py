@@ -41,7 +41,6 @@ Contract of `Pipeline.run`:
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import signal
@@ -51,7 +50,7 @@ import time
 import traceback
 from typing import Any, Callable, Optional, TextIO
 
-from login_pipeline import engines, web
+from login_pipeline import engines, gc_tuning, web
 from login_pipeline.client import (
     HandOver,
     Input,
@@ -96,7 +95,6 @@ SESSION_TIMEOUT_S = 10.0
 # librdkafka's poll): it may not wait long there, or the group evicts the member.
 REVOKE_SETTLE_S = SESSION_TIMEOUT_S / 4
 FINAL_COMMIT_TIMEOUT_S = 30.0
-GC_YOUNG_OBJECTS = 50_000
 FINAL_PUBLISH_TIMEOUT_S = 10.0  # the open windows' partial records at a stop
 REVOKE_PUBLISH_S = 1.0  # and at a revoke, inside the heartbeat's budget (REVOKE_SETTLE_S) with the settling
 NULL_VALUE = Rejection(MALFORMED_JSON, None, "the record has no value (null)")
@@ -504,12 +502,7 @@ def main(config: Config, process: Process, pseudonymize: Callable[[str], str]) -
             view = GroupView(config.insights_topic, config.alerts_topic)
             feed = engines.live_feed(config, time.time() - KEPT_WINDOWS * config.windows.size_s)
     pipeline = Pipeline(config, process, source, output, stop, live=live)
-    # Everything made so far lives as long as the process: out of the collector's sight. And a young
-    # generation of GC_YOUNG_OBJECTS, not 700: every login makes several containers, and the default
-    # ran a collection every few dozen logins (in-process over 100,000 logins, two runs each:
-    # 16.4-19.3 us a login with the default, 16.1-16.8 with this).
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_OBJECTS, *gc.get_threshold()[1:])
+    gc_tuning.settle()
     reader = FeedReader(feed, view).start() if view is not None and feed is not None else None
     pages = web.pages(pipeline.this_instance, view) if view is not None else {}
     try:
