@@ -10,12 +10,12 @@ The processing rules live here, in `process_message`: customize them in this fil
 from __future__ import annotations
 
 import hashlib
-import hmac
 import logging
 import secrets
 import sys
 from datetime import datetime, timezone
 from functools import lru_cache, partial
+from typing import Any
 
 try:
     import orjson
@@ -165,17 +165,30 @@ def _major_version(version: str | None) -> int | None:
 
 def _keyed_hash(key: bytes, value: str) -> str:
     # Keyed, not a plain SHA-256: all 2**32 IPv4 addresses can be hashed and matched in minutes.
-    # Copying a keyed HMAC skips the key set-up, and unlike hmac.digest() it keeps the GIL, which
-    # the client's network threads would otherwise make us wait for on every call (profiled under
-    # load: 62 us a call with hmac.digest, under 6 us this way).
-    mac = _keyed_hmac(key).copy()
-    mac.update(value.encode())
+    inner, outer = _hmac_states(key)
+    digest = inner.copy()
+    digest.update(value.encode())
+    mac = outer.copy()
+    mac.update(digest.digest())
     return mac.hexdigest()
 
 
 @lru_cache(maxsize=2)
-def _keyed_hmac(key: bytes) -> hmac.HMAC:
-    return hmac.new(key, digestmod=hashlib.sha256)
+def _hmac_states(key: bytes) -> tuple[Any, Any]:
+    """HMAC-SHA-256 (RFC 2104) with the key's inner and outer blocks hashed once, copied per value.
+
+    The same digest as hmac.new(key, value, sha256) (tests/test_process_message.py checks it), in
+    0.9 us a value against 1.6 us for copying an hmac.HMAC, whose copy and hexdigest are Python
+    wrappers (timeit, 20,000 IPs). hmac.digest() is out: it releases the GIL, and under load the
+    client's network threads made each call wait (profiled: 62 us a call).
+    """
+    block = hashlib.sha256().block_size
+    padded = (hashlib.sha256(key).digest() if len(key) > block else key).ljust(block, b"\0")
+    return hashlib.sha256(padded.translate(_INNER_PAD)), hashlib.sha256(padded.translate(_OUTER_PAD))
+
+
+_INNER_PAD = bytes(byte ^ 0x36 for byte in range(256))  # translate tables: XOR every key byte
+_OUTER_PAD = bytes(byte ^ 0x5C for byte in range(256))
 
 
 @lru_cache(maxsize=4096, typed=True)  # bounded; a batch shares one processing time and logins cluster in time

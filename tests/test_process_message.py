@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kafka_consumer_processor import MAX_CHARS, process_message
+from kafka_consumer_processor import MAX_CHARS, _keyed_hash, process_message
 from login_pipeline.results import ProcessedLogin, Rejection
 
 KEY = b"test-key-of-at-least-16-bytes"
@@ -243,6 +243,12 @@ def test_raw_ip_and_device_id_never_appear_in_the_output():
 def test_the_hash_depends_on_the_key():
     other = process_message(event(), NOW, b"another-key-of-16-bytes+").record
     assert other["ip_hash"] != run(event()).record["ip_hash"]
+
+
+@given(key=st.binary(min_size=1, max_size=200), value=st.text(max_size=300))
+def test_the_hash_is_hmac_sha256_for_any_key_and_value(key, value):
+    # Keys longer than SHA-256's 64-byte block are hashed first (RFC 2104): both sides of that edge.
+    assert _keyed_hash(key, value) == hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
 
 
 def test_rejection_messages_never_quote_the_offending_value():
