@@ -43,24 +43,30 @@ class Insights:
         # Held while a batch is observed and while metrics are read, so a scrape sees whole batches.
         self.lock = threading.Lock()
 
-    def observe(self, result: ProcessingResult) -> None:
-        self.processed += 1
-        if not isinstance(result, ProcessedLogin):
-            self.rejected[result.reason] += 1
+    def observe(self, results: list[ProcessingResult]) -> None:
+        """Count a delivered batch's messages: column by column, not record by record (on the run
+        loop's thread; 3.0 -> 1.7 us a message, timeit over 20,000 logins)."""
+        logins = [result.record for result in results if isinstance(result, ProcessedLogin)]
+        self.processed += len(results)
+        if len(logins) < len(results):
+            self.rejected.update(result.reason for result in results if not isinstance(result, ProcessedLogin))
+        if not logins:
             return
-        record = result.record
-        self.valid += 1
-        if record["repaired_fields"]:
-            self.repaired += 1
-        self._users.add(record["user_id"])
-        self._device_types.add(record["device_type"])
-        self._locales.add(record["locale"])
-        self._app_versions.add(record["app_version"])
-        login_ts = record["login_ts"]
-        if self.newest_login_ts is None or login_ts > self.newest_login_ts:
-            self.newest_login_ts = login_ts
-        self._per_minute.add(login_ts, login_ts + record["event_delay_s"])
-        self.delay.add(max(record["event_delay_s"], 0.0))
+        self.valid += len(logins)
+        self.repaired += sum(1 for record in logins if record["repaired_fields"])
+        self._users.add_all([record["user_id"] for record in logins])
+        self._device_types.add_all([record["device_type"] for record in logins])
+        self._locales.add_all([record["locale"] for record in logins])
+        self._app_versions.add_all([record["app_version"] for record in logins])
+        login_times = [record["login_ts"] for record in logins]
+        delays = [record["event_delay_s"] for record in logins]
+        newest = max(login_times)
+        if self.newest_login_ts is None or newest > self.newest_login_ts:
+            self.newest_login_ts = newest
+        per_minute = self._per_minute.add
+        for login_ts, delay in zip(login_times, delays):
+            per_minute(login_ts, login_ts + delay)
+        self.delay.add_all([max(delay, 0.0) for delay in delays])
 
     def distinct_users(self) -> int:
         return self._users.count()

@@ -354,8 +354,7 @@ class Pipeline:
             insights = self.insights
             with insights.lock:
                 valid_before = insights.valid
-                for result in batch.results:
-                    insights.observe(result)
+                insights.observe(batch.results)
                 valid = insights.valid - valid_before
             if self.live is not None:
                 self.live.observe(batch.results, batch.spans, batch.processed_at)

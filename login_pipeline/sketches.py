@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Hashable
+from collections import Counter
+from collections.abc import Hashable, Iterable
 from functools import lru_cache
 from hashlib import blake2b
 from typing import Generic, TypeVar
@@ -44,11 +45,17 @@ class HyperLogLog:
         self._registers = bytearray(map(max, self._registers, other._registers))
 
     def add(self, item: str) -> None:
-        x = int.from_bytes(blake2b(item.encode(), digest_size=8).digest(), "big")
-        index = x >> self._rest_bits
-        rank = self._rest_bits - (x & ((1 << self._rest_bits) - 1)).bit_length() + 1
-        if rank > self._registers[index]:
-            self._registers[index] = rank
+        self.add_all((item,))
+
+    def add_all(self, items: Iterable[str]) -> None:
+        registers, rest_bits = self._registers, self._rest_bits
+        rest_mask = (1 << rest_bits) - 1
+        for item in items:
+            x = int.from_bytes(blake2b(item.encode(), digest_size=8).digest(), "big")
+            index = x >> rest_bits
+            rank = rest_bits - (x & rest_mask).bit_length() + 1
+            if rank > registers[index]:
+                registers[index] = rank
 
     def count(self) -> int:
         m = self._m
@@ -83,6 +90,11 @@ class CappedCounts(Generic[Value]):
         else:
             self.other += 1
 
+    def add_all(self, values: Iterable[Value]) -> None:
+        """Each of `values`, as add() one at a time would count them: counted first, in C (Counter)."""
+        for value, count in Counter(values).items():
+            self.add_count(value, count)
+
     def add_count(self, value: Value, count: int) -> None:
         """`count` more of `value`, under the same capacity rule."""
         self.total += count
@@ -115,6 +127,13 @@ class LogHistogram:
         self._counts[bisect.bisect_left(self._bounds, value)] += 1
         self.total += 1
         self.sum += value
+
+    def add_all(self, values: list[float]) -> None:
+        counts, bounds = self._counts, self._bounds
+        for value in values:
+            counts[bisect.bisect_left(bounds, value)] += 1
+        self.total += len(values)
+        self.sum += sum(values)
 
     def counts(self) -> dict[int, int]:
         """The non-empty buckets, by index: what `merge_counts` adds back, in this or another process."""

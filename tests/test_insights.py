@@ -8,6 +8,8 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from kafka_consumer_processor import process_message
 from login_pipeline.insights import Insights, printable
@@ -75,6 +77,25 @@ def test_log_histogram_quantiles_are_within_a_bucket():
 NOW = 10_000.0
 
 
+@given(st.lists(st.sampled_from("abcdefgh"), max_size=60), st.lists(st.floats(0, 1e6), max_size=60))
+def test_adding_a_batch_counts_as_adding_its_items_one_by_one(values, numbers):
+    # The run loop adds each delivered batch at once; the live windows add one login at a time.
+    counts, users, delays = CappedCounts(capacity=5), HyperLogLog(), LogHistogram()
+    for value in values:
+        counts.add(value)
+        users.add(value)
+    for number in numbers:
+        delays.add(number)
+    batch_counts, batch_users, batch_delays = CappedCounts(capacity=5), HyperLogLog(), LogHistogram()
+    batch_counts.add_all(values)
+    batch_users.add_all(values)
+    batch_delays.add_all(numbers)
+    assert (batch_counts.counts, batch_counts.other, batch_counts.total) == (counts.counts, counts.other, counts.total)
+    assert batch_users.registers == users.registers
+    assert (batch_delays.counts(), batch_delays.total) == (delays.counts(), delays.total)
+    assert batch_delays.sum == pytest.approx(delays.sum)
+
+
 def test_minute_counts_keep_only_the_minutes_up_to_the_newest():
     counts = MinuteCounts(minutes=3)
     for minute in (0, 1, 2, 3, 5, 9):
@@ -101,13 +122,16 @@ def test_insights_render_counts_shares_and_rejections():
     clock = iter([0.0, 10.0]).__next__
     insights = Insights(clock=clock)
     key = b"k" * 16
-    for n in range(90):
-        raw = (
+    raws = [
+        (
             f'{{"user_id": "u{n % 30}", "timestamp": 1720576825, "device_type": "{"iOS" if n % 3 else "android"}",'
             f' "locale": "ri", "app_version": "2.3.0", "ip": "1.2.3.4", "device_id": "d"}}'
         ).encode()
-        insights.observe(process_message(raw, 1720576826.0, key))
-    insights.observe(Rejection("malformed_json", None, "message is not valid JSON"))
+        for n in range(90)
+    ]
+    insights.observe([process_message(raw, 1720576826.0, key) for raw in raws[:50]])
+    insights.observe([Rejection("malformed_json", None, "message is not valid JSON")])  # a batch of rejections only
+    insights.observe([process_message(raw, 1720576826.0, key) for raw in raws[50:]])
     block = insights.render(lag=7)
     assert "processed 91   valid 90 (98.9%)   repaired 0   rejected 1: malformed_json 1" in block
     assert "9 msg/s now" in block and "consumer lag 7" in block
@@ -128,8 +152,7 @@ def login(device_type: str = "ios", locale: str = "RI", timestamp: int = 1720576
 def test_shares_of_a_uniform_51_value_domain_are_printed_exactly():
     insights = Insights()
     locales = [f"L{n:02d}" for n in range(51)]
-    for n in range(51 * 37):
-        insights.observe(process_message(login(locale=locales[n % 51]), 1720576826.0, b"k" * 16))
+    insights.observe([process_message(login(locale=locales[n % 51]), 1720576826.0, b"k" * 16) for n in range(51 * 37)])
     line = next(line for line in insights.render(lag=0).splitlines() if line.startswith("locales"))
     shares = [float(part.rstrip("%")) for part in line.split()[2::2]]
     assert len(shares) == 5 and all(abs(share - 100 / 51) < 0.5 for share in shares)
@@ -138,16 +161,21 @@ def test_shares_of_a_uniform_51_value_domain_are_printed_exactly():
 
 def test_a_domain_larger_than_the_counters_shows_exact_counts_and_an_other_share():
     insights = Insights()
-    for n in range(3000):  # 1,000 device types, 3 logins each: far beyond the 256 counters
-        insights.observe(process_message(login(device_type=f"d{n % 1000:03d}"), 1720576826.0, b"k" * 16))
+    for batch in range(3):  # 1,000 device types, 3 logins each: far beyond the 256 counters
+        insights.observe(
+            [
+                process_message(login(device_type=f"d{n % 1000:03d}"), 1720576826.0, b"k" * 16)
+                for n in range(batch * 1000, batch * 1000 + 1000)
+            ]
+        )
     line = next(line for line in insights.render(lag=0).splitlines() if line.startswith("device types"))
     assert line == "device types  d000 0.1%  d001 0.1%  d002 0.1%  d003 0.1%  d004 0.1%  other 74.4%"
 
 
 def test_values_from_the_input_are_escaped_and_cut_before_they_reach_the_terminal():
     insights = Insights()
-    for hostile in ("\x1b]0;owned\x07", "ios\nprocessed 999999", "\u202eevil", "x" * 64):
-        insights.observe(process_message(login(device_type=hostile), 1720576826.0, b"k" * 16))
+    hostiles = ("\x1b]0;owned\x07", "ios\nprocessed 999999", "\u202eevil", "x" * 64)
+    insights.observe([process_message(login(device_type=hostile), 1720576826.0, b"k" * 16) for hostile in hostiles])
     block = insights.render(lag=0)
     assert "\x1b" not in block and "\x07" not in block and "\u202e" not in block
     assert len(block.splitlines()) == 9  # no forged line
@@ -162,8 +190,12 @@ def test_printable_leaves_ordinary_text_alone():
 
 def test_a_login_stamped_in_the_future_is_counted_apart_and_shown_as_such():
     insights = Insights()
-    insights.observe(process_message(login(timestamp=1720576825 + 23 * 3600), 1720576826.0, b"k" * 16))
-    insights.observe(process_message(login(), 1720576826.0, b"k" * 16))
+    insights.observe(
+        [
+            process_message(login(timestamp=1720576825 + 23 * 3600), 1720576826.0, b"k" * 16),
+            process_message(login(), 1720576826.0, b"k" * 16),
+        ]
+    )
     line = next(line for line in insights.render(lag=0).splitlines() if line.startswith("logins/min"))
     assert line.endswith("02:00 1   (not counted: 1 stamped in the future)")
 

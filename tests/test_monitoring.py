@@ -38,7 +38,7 @@ def exposed() -> set[str]:
     """Every sample name the processor's /metrics serves, read from a real endpoint once each labelled
     series has a value."""
     insights = Insights()
-    insights.observe(Rejection(MALFORMED_JSON, None, "not JSON"))
+    insights.observe([Rejection(MALFORMED_JSON, None, "not JSON")])
     config = load([], "test", environ={})
     live = LiveInsights(config, FakePublisher(), str)
     metrics = PipelineMetrics(config, insights, live=live)

@@ -236,7 +236,8 @@ class ConfluentInput:
                 messages = [first, *self._consumer.consume(num_messages=self._batch_size - 1, timeout=0)]
         except KafkaException as raised:
             raise self._classify(raised.args[0]) from None
-        polled: dict[tuple[str, int], Polled] = {}
+        polled: dict[int, Polled] = {}
+        part = None
         for message in messages:
             error = message.error()
             if error is not None:
@@ -244,10 +245,13 @@ class ConfluentInput:
                     raise InputRefused(f"{error.name()}: {error.str()}")
                 log.warning("the input cluster reported %s; librdkafka retries by itself", error.name())
                 continue
-            key = cast("tuple[str, int]", (message.topic(), message.partition()))  # set on every record
-            part = polled.get(key)
-            if part is None:
-                part = polled[key] = Polled(Partition(*key), [], [], [])
+            # One topic is subscribed, and a poll returns each partition's records in a run: the
+            # partition is looked up only where a run starts.
+            number = cast(int, message.partition())  # set on every record without an error
+            if part is None or number != part.partition.partition:
+                part = polled.get(number)
+                if part is None:
+                    part = polled[number] = Polled(Partition(self._topic, number), [], [], [])
             part.offsets.append(cast(int, message.offset()))
             part.keys.append(message.key())
             part.values.append(message.value())
@@ -413,6 +417,7 @@ class ConfluentOutput:
         batch.handovers.append(records)
         output_limit = limits[self._output_topic]
         delivered = batch.delivered
+        produce: Callable[..., None] = self._producer.produce
         for index, (offset, key, value) in enumerate(zip(records.offsets, records.keys, records.values)):
             source = [*prefix, (SOURCE_OFFSET, str(offset).encode())]
             rejection = rejections.get(index) if rejections else None
@@ -426,7 +431,11 @@ class ConfluentOutput:
             if not fits(limit, out_key, cast(bytes, out_value), headers):  # a login's value is never null
                 self._reroute(batch, position, (key, value, rejection, source), RECORD_TOO_LARGE, "MSG_SIZE_TOO_LARGE")
                 continue
-            self._produce(batch, topic, out_key, out_value, headers, delivered)
+            try:  # the common case inline: a call less per record (reports are only served in poll())
+                produce(topic, value=out_value, key=out_key, headers=headers, on_delivery=delivered)
+                batch.pending += 1
+            except (BufferError, KafkaException):
+                self._produce(batch, topic, out_key, out_value, headers, delivered)
         self._producer.poll(0)  # serve delivery reports as they come, so the queue never fills with them
 
     def _produce(self, batch: _Batch, topic: str, key, value, headers, on_delivery) -> None:
