@@ -1,7 +1,8 @@
-"""What the processor is measured against, on the same topics: each client's ceiling, and the naive design.
+"""What the processor is measured against, on the same topics: each client's ceiling, a plain loop, the naive design.
 
     python -m bench.baselines kafka-python-passthrough   # kafka-python, tuned for throughput, no processing
     python -m bench.baselines confluent-passthrough      # confluent-kafka (librdkafka), likewise
+    python -m bench.baselines confluent-plain-loop       # the twenty-line librdkafka loop around process_message
     python -m bench.baselines naive                      # the usual first script: one message at a time
 
 A ceiling is the best its client can do, so each passthrough is tuned for its own client (large
@@ -23,6 +24,7 @@ import time
 
 from kafka_consumer_processor import process_message
 from login_pipeline import config as configuration
+from login_pipeline.results import ProcessedLogin
 
 stopping = threading.Event()
 signal.signal(signal.SIGTERM, lambda *_: stopping.set())
@@ -99,6 +101,48 @@ def confluent_passthrough(config: configuration.Config) -> None:
     producer.flush(10)
 
 
+def confluent_plain_loop(config: configuration.Config) -> None:
+    """The loop a user would write around process_message with confluent-kafka: consume 2,000,
+    process, produce (logins to the output, the rest to the dead-letter topic, no headers), flush,
+    commit. What the processor's guarantees and insights cost is the difference between the two."""
+    from confluent_kafka import Consumer, Producer
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": ",".join(config.input_bootstrap_servers),
+            "group.id": config.consumer_group,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    consumer.subscribe([config.input_topic])
+    producer = Producer(
+        {
+            "bootstrap.servers": ",".join(config.output_bootstrap_servers),
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": 5,
+        }
+    )
+    key = config.pii_hash_key or b"plain-loop-baseline-key"
+    produce = producer.produce
+    while not stopping.is_set():
+        messages = consumer.consume(num_messages=2_000, timeout=0.5)
+        processed_at = time.time()
+        for message in messages:
+            if message.error() is None:
+                result = process_message(message.value(), processed_at, key)
+                if isinstance(result, ProcessedLogin):
+                    produce(config.output_topic, result.value, result.key)
+                else:
+                    produce(config.dlq_topic, message.value(), message.key())
+        if messages:
+            producer.flush()
+            consumer.commit(asynchronous=True)
+    consumer.close()
+    producer.flush(10)
+
+
 def naive(config: configuration.Config) -> None:
     """Auto-commit, a JSON deserializer in the consumer, produce and flush per message."""
     from kafka import KafkaConsumer, KafkaProducer
@@ -130,6 +174,7 @@ def naive(config: configuration.Config) -> None:
 BASELINES = {
     "kafka-python-passthrough": kafka_python_passthrough,
     "confluent-passthrough": confluent_passthrough,
+    "confluent-plain-loop": confluent_plain_loop,
     "naive": naive,
 }
 

@@ -8,7 +8,8 @@ one Markdown table. Every figure is a ratio or a distribution measured in this r
   takes one broker address); rate = records delivered / time from first to last output record
   (start-up excluded). Contenders alternate, the median of --runs is reported. Contenders: the
   processor with each engine, each client's tuned passthrough (bench/baselines.py), Quix Streams
-  at-least-once applying the same process_message (bench/quix_app.py, in its own virtualenv), and
+  at-least-once applying the same process_message (bench/quix_app.py, in its own virtualenv), the
+  plain confluent-kafka loop around process_message (what our guarantees and insights cost), and
   the naive design. The processor runs with its metrics endpoint off (METRICS_PORT=0), and again
   with it on and scraped every second (15 times Prometheus' default rate): the cost of metrics.
 - latency: events fed at a steady 1,000/s into a LogAppendTime topic; end-to-end = output receipt
@@ -252,6 +253,7 @@ def throughput(bench: Bench, events: int, runs: int, naive_events: int) -> dict[
         (live_processor("confluent-kafka"), events),
         (baseline("kafka-python-passthrough"), events),
         (baseline("confluent-passthrough"), events),
+        (baseline("confluent-plain-loop"), events),
         (quix_streams(), events),
         (baseline("naive"), naive_events),
     ]
@@ -438,6 +440,13 @@ def main() -> int:
                 f"{ratio(kp, 'kafka-python-passthrough'):.2f}",
                 ">= 0.8",
                 ok(ratio(kp, "kafka-python-passthrough") >= 0.8),
+            ),
+            ("confluent-kafka engine / confluent plain loop", f"{ratio(ck, 'confluent-plain-loop'):.2f}", "", ""),
+            (
+                "confluent plain loop / confluent passthrough",
+                f"{ratio('confluent-plain-loop', 'confluent-passthrough'):.2f}",
+                "",
+                "",
             ),
             ("kafka-python engine / naive", f"{ratio(kp, 'naive'):.1f}x", "", ""),
         ]
