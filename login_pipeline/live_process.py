@@ -3,8 +3,11 @@
 Why a process: counted in the run loop, the windows and the four rules cost about 8 us of Python a
 login, and one interpreter holds one core (`make bench`: 0.90 of the processor without them on
 kafka-python, 0.66 on confluent-kafka). Here the run loop only copies each valid login's fields
-into columns and hands a batch over in one message; the child rebuilds the logins, counts them in
-a LiveInsights of its own, publishes, and answers questions.
+into a row (one C call, operator.itemgetter) and hands a batch over in one message; the child
+rebuilds the logins, counts them in a LiveInsights of its own, publishes, and answers questions.
+Rows cost the run loop 1.0 us a login against 1.4 for columns built field by field, and 0.6 for
+the output's JSON bytes, which the child then parsed in 3.3 us instead of rebuilding in 1.7
+(timeit, 40,000 logins in batches of 2,000).
 
 `LiveProcess` is login_pipeline.live.Live, with LiveInsights' contract, and besides:
 - `observe` and `assigned` hand over and return (they block only while the pipe is full: that is
@@ -22,6 +25,7 @@ from __future__ import annotations
 import itertools
 import logging
 import multiprocessing
+import operator
 import signal
 import threading
 from multiprocessing.connection import Connection
@@ -36,7 +40,7 @@ from login_pipeline.windows import Span
 
 log = logging.getLogger(__name__)
 
-# What the windows and rules read of a processed login, in the order the columns are sent.
+# What the windows and rules read of a processed login, in the order each row holds them.
 FIELDS = (
     "login_ts",
     "event_delay_s",
@@ -48,6 +52,7 @@ FIELDS = (
     "app_version",
     "repaired_fields",
 )
+_FIELDS_OF = operator.itemgetter(*FIELDS)
 TICK_S = 0.5
 START_TIMEOUT_S = 30.0
 ANSWER_TIMEOUT_S = 5.0
@@ -82,14 +87,13 @@ class LiveProcess:
             raise StartupError(f"the live insights could not start: {answer or 'their process did not answer'}")
 
     def observe(self, results: list[ProcessingResult], spans: list[Span], processed_at: float) -> None:
-        valid = [result.record for result in results if result.__class__ is ProcessedLogin]
-        columns = [[record[field] for record in valid] for field in FIELDS]
+        rows = list(map(_FIELDS_OF, [result.record for result in results if isinstance(result, ProcessedLogin)]))
         rejections = {
             index: result.reason  # type: ignore[union-attr]
             for index, result in enumerate(results)
             if result.__class__ is not ProcessedLogin
         }
-        self._tell(("batch", columns, rejections, spans, processed_at))
+        self._tell(("batch", rows, rejections, spans, processed_at))
 
     def assigned(self, partitions: set[int]) -> None:
         self._tell(("assigned", partitions))
@@ -199,8 +203,8 @@ def _serve(
             live.close()
 
 
-def _rebuilt(columns: list[list[Any]], rejections: dict[int, str]) -> list[ProcessingResult]:
+def _rebuilt(rows: list[tuple[Any, ...]], rejections: dict[int, str]) -> list[ProcessingResult]:
     """The batch's results in their order again: logins with the fields sent, rejections by reason."""
-    logins = iter([ProcessedLogin(b"", b"", dict(zip(FIELDS, values))) for values in zip(*columns)])
-    total = len(columns[0]) + len(rejections)
+    logins = iter([ProcessedLogin(b"", b"", dict(zip(FIELDS, row))) for row in rows])
+    total = len(rows) + len(rejections)
     return [Rejection(rejections[index], None, "") if index in rejections else next(logins) for index in range(total)]

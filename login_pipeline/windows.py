@@ -183,6 +183,8 @@ class TumblingWindows:
         watermark = self.watermark
         closed_through = self.closed_through
         newest = self._newest
+        # Each window's segments, users and delays of this batch, added at the end in one call each.
+        added: dict[WindowSummary, tuple[list, list, list]] = {}
         position = 0
         for partition, count in spans:
             touched: set[WindowSummary] = set()
@@ -218,15 +220,20 @@ class TumblingWindows:
                 window.logins += 1
                 if record["repaired_fields"]:
                     window.repaired += 1
-                window.segments.add((record["device_type"], record["locale"], record["app_version"]))
-                window.users.add(record["user_id"])
-                window.delay.add(delay)
+                segments, users, delays = added.get(window) or added.setdefault(window, ([], [], []))
+                segments.append((record["device_type"], record["locale"], record["app_version"]))
+                users.append(record["user_id"])
+                delays.append(delay)
             position += count
             if partition_newest is not None:
                 newest[partition] = partition_newest
             self._delivered_at[partition] = now
             for window in touched:
                 window.partitions.add(partition)
+        for window, (segments, users, delays) in added.items():
+            window.segments.add_all(segments)
+            window.users.add_all(users)
+            window.delay.add_all(delays)
         self.watermark = self._watermark(now)
 
     def assigned(self, partitions: set[int]) -> None:
