@@ -205,6 +205,9 @@ def _serve(
 
 def _rebuilt(rows: list[tuple[Any, ...]], rejections: dict[int, str]) -> list[ProcessingResult]:
     """The batch's results in their order again: logins with the fields sent, rejections by reason."""
-    logins = iter([ProcessedLogin(b"", b"", dict(zip(FIELDS, row))) for row in rows])
+    logins: list[ProcessingResult] = [ProcessedLogin(b"", b"", dict(zip(FIELDS, row))) for row in rows]
+    if not rejections:
+        return logins
     total = len(rows) + len(rejections)
-    return [Rejection(rejections[index], None, "") if index in rejections else next(logins) for index in range(total)]
+    rest = iter(logins)
+    return [Rejection(rejections[index], None, "") if index in rejections else next(rest) for index in range(total)]
