@@ -66,7 +66,9 @@ def kafka_python_passthrough(config: configuration.Config) -> None:
     producer.close()
 
 
-def confluent_passthrough(config: configuration.Config) -> None:
+def confluent_clients(config: configuration.Config, **producer_settings: object):
+    """A subscribed confluent-kafka Consumer (manual commits, from the earliest offset) and an
+    idempotent acks=all Producer with `producer_settings` (librdkafka's names, dots as underscores)."""
     from confluent_kafka import Consumer, Producer
 
     consumer = Consumer(
@@ -83,10 +85,14 @@ def confluent_passthrough(config: configuration.Config) -> None:
             "bootstrap.servers": ",".join(config.output_bootstrap_servers),
             "acks": "all",
             "enable.idempotence": True,
-            "linger.ms": 20,
-            "queue.buffering.max.messages": 1_000_000,
+            **{name.replace("_", "."): value for name, value in producer_settings.items()},
         }
     )
+    return consumer, producer
+
+
+def confluent_passthrough(config: configuration.Config) -> None:
+    consumer, producer = confluent_clients(config, linger_ms=20, queue_buffering_max_messages=1_000_000)
     output = config.output_topic
     produce = producer.produce
     while not stopping.is_set():
@@ -105,25 +111,7 @@ def confluent_plain_loop(config: configuration.Config) -> None:
     """The loop a user would write around process_message with confluent-kafka: consume 2,000,
     process, produce (logins to the output, the rest to the dead-letter topic, no headers), flush,
     commit. What the processor's guarantees and insights cost is the difference between the two."""
-    from confluent_kafka import Consumer, Producer
-
-    consumer = Consumer(
-        {
-            "bootstrap.servers": ",".join(config.input_bootstrap_servers),
-            "group.id": config.consumer_group,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-        }
-    )
-    consumer.subscribe([config.input_topic])
-    producer = Producer(
-        {
-            "bootstrap.servers": ",".join(config.output_bootstrap_servers),
-            "acks": "all",
-            "enable.idempotence": True,
-            "linger.ms": 5,
-        }
-    )
+    consumer, producer = confluent_clients(config, linger_ms=5)
     key = config.pii_hash_key or b"plain-loop-baseline-key"
     produce = producer.produce
     while not stopping.is_set():
