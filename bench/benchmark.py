@@ -375,7 +375,7 @@ def machine() -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=200_000, help="events for throughput and scaling")
-    parser.add_argument("--runs", type=int, default=3, help="alternating runs per contender (median reported)")
+    parser.add_argument("--runs", type=int, default=5, help="alternating runs per contender (median reported)")
     parser.add_argument("--naive-events", type=int, default=5_000, help="the naive design drains only this many")
     parser.add_argument("--memory-events", type=int, default=1_000_000, help="distinct-user events for memory")
     parser.add_argument("--latency-seconds", type=int, default=20, help="duration of the 1,000 msg/s feed")
