@@ -30,7 +30,7 @@ import socket
 import struct
 from collections import deque
 from multiprocessing.connection import Connection
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from kafka import KafkaProducer
 from kafka.errors import (
@@ -62,7 +62,7 @@ _READY, _END_BATCH, _CLOSE = "ready", "end batch", "close"
 
 
 class _Records(NamedTuple):
-    """What the child receives per hand-over: the records and each key's murmur2 hash (0 for no key)."""
+    """What the child receives per hand-over: the records and each login's key hash (0 for a dead letter)."""
 
     records: HandOver
     key_hashes: list[int]
@@ -86,6 +86,13 @@ def keyed_partition(key: bytes, partitions: int) -> int:
 def partition_of(key_hash: int, partitions: int) -> int:
     """The default partitioner's rule, from a key's murmur2 hash."""
     return (key_hash & 0x7FFFFFFF) % partitions
+
+
+def key_hashes(records: HandOver) -> list[int]:
+    """Each login's murmur2 key hash, 0 for a dead letter: it keeps its input key, which may be a
+    megabyte of anything, and hashing that in Python would hold the run loop for tens of milliseconds."""
+    rejections = records.rejections
+    return [0 if index in rejections else murmur2(cast(bytes, key)) for index, key in enumerate(records.keys)]
 
 
 def murmur2(data: bytes) -> int:
@@ -150,7 +157,7 @@ class OutputProcess:
         The keys are hashed here, in the run loop's process: the child is the busier of the two
         (py-spy under load: the child never idle, the run loop idle half its time).
         """
-        self._send(_Records(records, [murmur2(key) if key is not None else 0 for key in records.keys]))
+        self._send(_Records(records, key_hashes(records)))
 
     def end_batch(self) -> None:
         """Close the batch: its acknowledgement will be reported after those of earlier batches."""
