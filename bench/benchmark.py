@@ -6,7 +6,8 @@ one Markdown table. Every figure is a ratio or a distribution measured in this r
 - throughput: N valid events preloaded into a 1-partition topic; each contender drains it into its
   own output topic with its own group, input and output on one cluster (Quix Streams' Application
   takes one broker address); rate = records delivered / time from first to last output record
-  (start-up excluded). Contenders alternate, the median of --runs is reported. Contenders: the
+  (start-up excluded). Contenders alternate; the median of --runs is reported, with the slowest
+  and fastest run beside it (this machine's noise). Contenders: the
   processor with each engine, each client's tuned passthrough (bench/baselines.py), Quix Streams
   at-least-once applying the same process_message (bench/quix_app.py, in its own virtualenv), the
   plain confluent-kafka loop around process_message (what our guarantees and insights cost), and
@@ -242,7 +243,8 @@ def stop(processes: list[subprocess.Popen]) -> None:
             process.wait()
 
 
-def throughput(bench: Bench, events: int, runs: int, naive_events: int) -> dict[str, float]:
+def throughput(bench: Bench, events: int, runs: int, naive_events: int) -> dict[str, list[float]]:
+    """Every run's rate of every contender, msg/s."""
     topic = bench.preload(events, 1, FeedProfile.clean())
     contenders = [
         (processor("kafka-python"), events),
@@ -267,7 +269,7 @@ def throughput(bench: Bench, events: int, runs: int, naive_events: int) -> dict[
                 f"  throughput run {run + 1}/{runs}: {contender.name:28} {expect / seconds:10,.0f} msg/s",
                 file=sys.stderr,
             )
-    return {name: statistics.median(values) for name, values in rates.items()}
+    return rates
 
 
 def latency(bench: Bench, engine: str, rate: int, seconds: int) -> tuple[float, float]:
@@ -390,7 +392,7 @@ def main() -> int:
     brokers.up(pair.clusters)
     try:
         one_cluster = Bench(brokers.Pair(pair.input, pair.input), state)
-        rates = throughput(one_cluster, args.events, args.runs, args.naive_events)
+        runs = throughput(one_cluster, args.events, args.runs, args.naive_events)
         bench = Bench(pair, state)
         per_engine = {}
         memory_topic = scaling_topic = ""
@@ -410,12 +412,18 @@ def main() -> int:
     def ok(passed: bool) -> str:
         return "yes" if passed else "**no**"
 
+    rates = {name: statistics.median(values) for name, values in runs.items()}
+
     def ratio(a: str, b: str) -> float:
         return rates[a] / rates[b]
 
     kp, ck = "processor (kafka-python)", "processor (confluent-kafka)"
     rows = (
-        [(name, f"{rate:,.0f} msg/s", "", "") for name, rate in rates.items()]
+        # The spread shows this machine's noise: a ratio near its target can fall either side of it.
+        [
+            (name, f"{rates[name]:,.0f} msg/s ({min(values):,.0f}-{max(values):,.0f})", "", "")
+            for name, values in runs.items()
+        ]
         + [
             (
                 "confluent-kafka engine / Quix Streams",
