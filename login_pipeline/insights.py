@@ -45,7 +45,7 @@ class Insights:
 
     def observe(self, results: list[ProcessingResult]) -> None:
         """Count a delivered batch's messages: column by column, not record by record (on the run
-        loop's thread; 3.0 -> 1.7 us a message, timeit over 20,000 logins)."""
+        loop's thread; 3.0 -> 1.9 us a message, timeit over 20,000 logins in batches of 2,000)."""
         logins = [result.record for result in results if isinstance(result, ProcessedLogin)]
         self.processed += len(results)
         if len(logins) < len(results):

@@ -44,9 +44,6 @@ class HyperLogLog:
         """Become the union: the estimate of every item either one saw, exactly as if one had seen them all."""
         self._registers = bytearray(map(max, self._registers, other._registers))
 
-    def add(self, item: str) -> None:
-        self.add_all((item,))
-
     def add_all(self, items: Iterable[str]) -> None:
         registers, rest_bits = self._registers, self._rest_bits
         rest_mask = (1 << rest_bits) - 1
@@ -84,18 +81,9 @@ class CappedCounts(Generic[Value]):
         self.other = 0
         self.total = 0
 
-    def add(self, value: Value) -> None:
-        self.total += 1
-        counts = self.counts
-        if value in counts:
-            counts[value] += 1
-        elif len(counts) < self._capacity:
-            counts[value] = 1
-        else:
-            self.other += 1
-
     def add_all(self, values: Iterable[Value]) -> None:
-        """Each of `values`, as add() one at a time would count them: counted first, in C (Counter)."""
+        """Count each of `values`, in their order (the first `capacity` distinct values are kept):
+        counted first in C (Counter, which keeps first-seen order), then added per distinct value."""
         for value, count in Counter(values).items():
             self.add_count(value, count)
 
@@ -126,11 +114,6 @@ class LogHistogram:
         self._counts = [0] * (len(self._bounds) + 1)
         self.total = 0
         self.sum = 0.0
-
-    def add(self, value: float) -> None:
-        self._counts[bisect.bisect_left(self._bounds, value)] += 1
-        self.total += 1
-        self.sum += value
 
     def add_all(self, values: list[float]) -> None:
         counts, bounds = self._counts, self._bounds
