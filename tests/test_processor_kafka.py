@@ -14,7 +14,7 @@ import pytest
 
 from kafka_consumer_processor import process_message
 from local_kafka.generator import FeedProfile, generate
-from login_pipeline.engines.kafka_python_output import keyed_partition
+from login_pipeline.engines.kafka_python_output import murmur2, partition_of
 from login_pipeline.results import ProcessedLogin
 from tests.kafka_helpers import (
     PROJECT_DIR,
@@ -75,7 +75,7 @@ def test_a_mixed_stream_splits_between_output_and_dlq_with_headers_and_exact_byt
         expected = process_message(source.value, time.time(), TEST_PII_KEY.encode())
         assert isinstance(expected, ProcessedLogin)
         assert record.key == expected.key
-        assert record.partition == keyed_partition(record.key, 3)  # Kafka's default rule: per-user order holds
+        assert record.partition == partition_of(murmur2(record.key), 3)  # Kafka's default rule: per-user order holds
         body = json.loads(record.value)
         assert {k: v for k, v in body.items() if k not in ("processed_time", "event_delay_s")} == {
             k: v for k, v in expected.record.items() if k not in ("processed_time", "event_delay_s")

@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 from kafka.partitioner.default import murmur2 as kafka_python_murmur2
 from kafka.record.default_records import DefaultRecordBatchBuilder
 
-from login_pipeline.engines.kafka_python_output import keyed_partition, murmur2
+from login_pipeline.engines.kafka_python_output import murmur2, partition_of
 from login_pipeline.routing import fits, near_limit, source_headers
 
 
@@ -23,10 +23,10 @@ def test_known_java_client_values():
 
 
 def test_keyed_partition_spreads_keys_and_is_stable():
-    partitions = [keyed_partition(f"user-{n}".encode(), 3) for n in range(3000)]
+    partitions = [partition_of(murmur2(f"user-{n}".encode()), 3) for n in range(3000)]
     assert set(partitions) == {0, 1, 2}
     assert all(900 < partitions.count(p) < 1100 for p in range(3))
-    assert keyed_partition(b"user-7", 3) == keyed_partition(b"user-7", 3)
+    assert partition_of(murmur2(b"user-7"), 3) == partition_of(murmur2(b"user-7"), 3)
 
 
 def test_a_record_fits_a_topic_limit_by_its_full_size_headers_included():

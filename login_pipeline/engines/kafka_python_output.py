@@ -59,15 +59,6 @@ from login_pipeline.routing import (
 log = logging.getLogger(__name__)
 
 _READY, _END_BATCH, _CLOSE = "ready", "end batch", "close"
-
-
-class _Records(NamedTuple):
-    """What the child receives per hand-over: the records and each login's key hash (0 for a dead letter)."""
-
-    records: HandOver
-    key_hashes: list[int]
-
-
 SEND_BUFFER_BYTES = 4 * 1024 * 1024
 ACK_CHECK_INTERVAL_S = 0.001  # how often the child looks for acknowledgements while nothing arrives
 # Errors that say the record itself can never be written, so retrying it would stall its partition.
@@ -78,13 +69,16 @@ _REFUSED = _REFUSED_FOR_SIZE + _REFUSED_AS_INVALID
 _REFUSED_US = (AuthorizationError, SaslAuthenticationFailedError)
 
 
-def keyed_partition(key: bytes, partitions: int) -> int:
-    """The partition Kafka's default partitioner (Java's and kafka-python's) picks for a key."""
-    return partition_of(murmur2(key), partitions)
+class _Records(NamedTuple):
+    """What the child receives per hand-over: the records and each login's key hash (0 for a dead letter)."""
+
+    records: HandOver
+    key_hashes: list[int]
 
 
 def partition_of(key_hash: int, partitions: int) -> int:
-    """The default partitioner's rule, from a key's murmur2 hash."""
+    """The partition Kafka's default partitioner (Java's and kafka-python's) picks for a key, from
+    the key's murmur2 hash."""
     return (key_hash & 0x7FFFFFFF) % partitions
 
 
