@@ -4,7 +4,8 @@
     python kafka_consumer_processor.py --help     # every setting, as a flag
 
 The processing rules live here, in `process_message`: customize them in this file. The run loop
-(poll → process → produce → commit) is `login_pipeline.runner`; configuration is `login_pipeline.config`.
+(poll → process → produce → commit) is `login_pipeline.run_loop`, wired by `login_pipeline.app`;
+configuration is `login_pipeline.config`.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from typing import Any
 try:
     import orjson
 
+    from login_pipeline import app, logs
     from login_pipeline import config as configuration
-    from login_pipeline import logs, runner
 except ModuleNotFoundError as missing:  # the set-up step was skipped: say what to do instead of a traceback
     sys.exit(
         f"missing Python package {missing.name!r}: install the requirements first, "
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             "PII_HASH_KEY is unset: hashing ip and device_id with a random key for this process only; "
             "hashes will differ between runs and instances. Set PII_HASH_KEY in production."
         )
-    return runner.main(config, partial(process_message, pii_key=pii_key), partial(_keyed_hash, pii_key))
+    return app.main(config, partial(process_message, pii_key=pii_key), partial(_keyed_hash, pii_key))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The small interfaces the run loop talks to, and the typed records that cross them.
 
 An engine (login_pipeline.engines) implements both for one Kafka client library, and the two side
-channels of the live insights (`Publisher`, `Feed`); the run loop (login_pipeline.runner) knows
+channels of the live insights (`Publisher`, `Feed`); the run loop (login_pipeline.run_loop) knows
 nothing else of Kafka. Every method of Input, Output and Publisher is called from the run loop's
 thread, and the rebalance handler only from inside `Input.poll` or `Input.close`, so the run loop
 never races its own callbacks.

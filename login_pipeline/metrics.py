@@ -30,8 +30,21 @@ from prometheus_client.registry import Collector
 from login_pipeline.alerts import RULES
 from login_pipeline.client import Partition
 from login_pipeline.config import Config
+from login_pipeline.events import (
+    CommitAnswered,
+    CommitSent,
+    Delivered,
+    DeliveryFailed,
+    HandedOver,
+    Observer,
+    ProducersReplaced,
+    Revoking,
+    Stopped,
+    TurnEnded,
+)
 from login_pipeline.insights import Insights
 from login_pipeline.live import Live
+from login_pipeline.results import ProcessedLogin
 
 PREFIX = "login_processor"
 # Batches take milliseconds to seconds; acknowledgements up to the 150 s acknowledgement timeout.
@@ -42,7 +55,7 @@ DELAY_BUCKET_STRIDE = 14  # every 14th 5 % bucket of the insights' delay histogr
 disable_created_metrics()
 
 
-class PipelineMetrics:
+class PipelineMetrics(Observer):
     """Every metric of one processor; `registry` is what /metrics serves."""
 
     def __init__(
@@ -112,7 +125,9 @@ class PipelineMetrics:
             registry=registry,
         )
         self.rebalances = Counter(f"{PREFIX}_rebalances", "Partition revocations (rebalances).", registry=registry)
-        self.assigned = Gauge(f"{PREFIX}_assigned_partitions", "Input partitions held now.", registry=registry)
+        self.assigned_partitions = Gauge(
+            f"{PREFIX}_assigned_partitions", "Input partitions held now.", registry=registry
+        )
         self.lag = Gauge(
             f"{PREFIX}_consumer_lag_records",
             "Records behind the high watermark, per assigned input partition.",
@@ -139,10 +154,48 @@ class PipelineMetrics:
         newest = self._insights.newest_login_ts
         return math.nan if newest is None else self._clock() - newest
 
-    def commit_confirmed(self) -> None:
-        self.last_commit.set(self._clock())
+    # What the run loop tells (login_pipeline.events), counted per batch, never per record.
 
-    def set_lags(self, lags: Optional[dict[Partition, int]]) -> None:
+    def handed_over(self, event: HandedOver) -> None:
+        self.consumed.inc(event.consumed)
+        self.processing.observe(event.processing_s)
+        self.produced.labels("dlq").inc(event.dead_letters)
+        self.produced.labels("output").inc(event.logins)
+
+    def delivered(self, event: Delivered) -> None:
+        results = event.batch.results
+        logins = sum(1 for result in results if result.__class__ is ProcessedLogin)
+        self.acknowledged.labels("output").inc(logins)
+        self.acknowledged.labels("dlq").inc(len(results) - logins)
+        self.acknowledgement.observe(event.acknowledgement_s)
+
+    def delivery_failed(self, event: DeliveryFailed) -> None:
+        self.delivery_failures.inc()
+
+    def producers_replaced(self, event: ProducersReplaced) -> None:
+        self.producer_restarts.inc(event.producers)
+
+    def commit_sent(self, event: CommitSent) -> None:
+        self.commit.observe(event.duration_s)
+
+    def commit_answered(self, event: CommitAnswered) -> None:
+        if event.error is None:
+            self.last_commit.set(self._clock())
+        else:
+            self.commit_failures.inc()
+
+    def revoking(self, event: Revoking) -> None:
+        self.rebalances.inc()
+
+    def turn_ended(self, event: TurnEnded) -> None:
+        self.in_flight.set(event.in_flight)
+        self.assigned_partitions.set(event.assigned)
+        self._set_lags(event.lags)
+
+    def stopped(self, event: Stopped) -> None:
+        self._set_lags(event.lags)
+
+    def _set_lags(self, lags: Optional[dict[Partition, int]]) -> None:
         """Per-partition lag; partitions no longer held lose their series."""
         current = {partition.partition: lag for partition, lag in (lags or {}).items()}
         for gone in self._lagging - set(current):

@@ -25,7 +25,7 @@ from local_kafka.brokers import create_topics
 from local_kafka.generator import FeedProfile, generate
 from local_kafka.generator import produce as produce_events
 from local_kafka.memory import tree_peak_rss_mb
-from login_pipeline.runner import IN_FLIGHT_BATCHES
+from login_pipeline.run_loop import LoopSettings
 from tests.kafka_helpers import (
     Processor,
     Topics,
@@ -41,7 +41,7 @@ from tests.kafka_helpers import (
 pytestmark = pytest.mark.slow
 BATCH = 500  # small batches make a kill land mid-stream and bound the duplicates it may cause
 # What a kill can repeat: the batches in flight, the one being processed, the last unanswered commit.
-REPEATABLE = (IN_FLIGHT_BATCHES + 2) * BATCH
+REPEATABLE = (LoopSettings._field_defaults["in_flight_batches"] + 2) * BATCH
 
 
 def feed(kafka, topics: Topics, count: int, rate: float, seed: int = 1) -> threading.Thread:

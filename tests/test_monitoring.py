@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from local_kafka.brokers import PROJECT_DIR, free_ports
 from login_pipeline.client import Partition
 from login_pipeline.config import SETTINGS, load
+from login_pipeline.events import TurnEnded
 from login_pipeline.insights import Insights
 from login_pipeline.live import LiveInsights
 from login_pipeline.metrics import PipelineMetrics
@@ -45,7 +46,7 @@ def exposed() -> set[str]:
     for topic in ("output", "dlq"):
         metrics.produced.labels(topic).inc()
         metrics.acknowledged.labels(topic).inc()
-    metrics.set_lags({Partition("user-login", 0): 0})
+    metrics.turn_ended(TurnEnded(0, 1, {Partition("user-login", 0): 0}))
     port = free_ports(1)[0]
     with serving("127.0.0.1", port, metrics.registry, lambda: Verdict(True), lambda silent: Verdict(True), dict):
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()

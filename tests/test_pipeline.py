@@ -14,11 +14,13 @@ import signal
 import pytest
 
 from kafka_consumer_processor import process_message
-from login_pipeline import runner
+from login_pipeline import stop as stop_module
+from login_pipeline.app import Pipeline, assemble
 from login_pipeline.client import Partition
 from login_pipeline.config import load
 from login_pipeline.live import LiveInsights
-from login_pipeline.runner import Pipeline, StopRequest
+from login_pipeline.run_loop import LoopSettings
+from login_pipeline.stop import StopRequest
 from tests.fakes import FakeInput, FakeOutput, FakePublisher
 
 KEY = b"unit-test-key-0123456789"
@@ -49,6 +51,8 @@ def pipeline(
     output: FakeOutput,
     stop: StopRequest | None = None,
     publisher: FakePublisher | None = None,
+    process=process,
+    revoke_settle_s: float = 2.5,
     **settings: str,
 ) -> Pipeline:
     config = load([], "test", environ={"INSIGHTS_EVERY": "1000", **settings})
@@ -57,7 +61,17 @@ def pipeline(
     live = None
     if publisher is not None:
         live = LiveInsights(config, publisher, lambda user: hashlib.sha256(user.encode()).hexdigest(), lambda: NOW)
-    return Pipeline(config, process, source, output, stop, out=io.StringIO(), clock=lambda: NOW, live=live)
+    return assemble(
+        config,
+        process,
+        source,
+        output,
+        stop,
+        out=io.StringIO(),
+        clock=lambda: NOW,
+        live=live,
+        revoke_settle_s=revoke_settle_s,
+    )
 
 
 def sources(output: FakeOutput, topic: str = "output") -> list[tuple[int, int]]:
@@ -122,7 +136,9 @@ def test_a_batch_refused_for_good_stops_the_run_with_exit_1_and_nothing_committe
     assert pipeline(source, output).run() == 1  # no retry: a missing ACL does not heal by itself
     assert sources(output) == [(0, 0), (0, 1), (0, 2)]
     assert source.committed == {Partition("user-login", 0): 3}
-    assert source.polls <= 1 + runner.IN_FLIGHT_BATCHES + 1  # it stopped at the refusal, not after the stream
+    assert (
+        source.polls <= 1 + LoopSettings._field_defaults["in_flight_batches"] + 1
+    )  # it stopped at the refusal, not after the stream
     assert source.closed and output.closed
 
 
@@ -182,12 +198,11 @@ def test_a_revoke_between_batches_commits_what_was_acknowledged_and_loses_nothin
     assert source.committed == {Partition("user-login", 0): 20}
 
 
-def test_a_revoke_with_an_unresponsive_output_waits_only_its_bound_and_commits_nothing_unacknowledged(monkeypatch):
+def test_a_revoke_with_an_unresponsive_output_waits_only_its_bound_and_commits_nothing_unacknowledged():
     waited = []
-    monkeypatch.setattr(runner, "REVOKE_SETTLE_S", 0.05)
     output = FakeOutput()
     source = FakeInput(output, {0: records(0, 12)}, batch_size=3)
-    tested = pipeline(source, output)
+    tested = pipeline(source, output, revoke_settle_s=0.05)
     original = output.acknowledgement
 
     def slow_during_revoke(timeout_s=None):
@@ -241,15 +256,13 @@ def test_an_unavailable_input_is_polled_again_and_a_refusing_one_stops_with_exit
 def test_null_values_and_a_raising_rule_become_dead_letters_with_their_original_bytes(monkeypatch):
     output = FakeOutput()
     source = FakeInput(output, {0: [(None, None), (b"k", None), (None, b"boom"), (None, login(1))]}, batch_size=10)
-    tested = pipeline(source, output)
 
     def rule(raw: bytes, processed_at: float):
         if raw == b"boom":
             raise KeyError("secret 10.1.2.3")
         return process(raw, processed_at)
 
-    tested._process = rule
-    assert tested.run() == 0
+    assert pipeline(source, output, process=rule).run() == 0
     dead = [(r.source, r.key, r.value, r.reason) for r in output.delivered if r.topic == "dlq"]
     assert dead == [
         ((0, 0), None, None, "malformed_json"),
@@ -264,7 +277,7 @@ def test_a_record_refused_by_the_output_cluster_is_counted_as_a_dead_letter_in_t
     source = FakeInput(output, {0: records(0, 3)}, batch_size=10)
     tested = pipeline(source, output)
     assert tested.run() == 0
-    assert tested.insights.valid == 2 and tested.insights.rejected == {"record_too_large": 1}
+    assert tested.running.insights.valid == 2 and tested.running.insights.rejected == {"record_too_large": 1}
 
 
 def test_a_processed_login_too_large_for_the_output_topic_goes_to_the_dlq_with_its_input_bytes():
@@ -279,7 +292,7 @@ def test_a_processed_login_too_large_for_the_output_topic_goes_to_the_dlq_with_i
 
 def test_a_second_signal_exits_at_once_without_committing(monkeypatch):
     exits = []
-    monkeypatch.setattr(runner.os, "_exit", exits.append)
+    monkeypatch.setattr(stop_module.os, "_exit", exits.append)
     stop = StopRequest()
     stop._handle(signal.SIGTERM, None)
     assert stop.requested and exits == []
@@ -293,13 +306,13 @@ def test_the_specification_catches_a_commit_made_before_acknowledgement(monkeypa
     output = FakeOutput()
     source = FakeInput(output, {0: records(0, 9)}, batch_size=3)
     tested = pipeline(source, output)
-    original = tested.offsets.handed_over
+    original = tested.loop.in_flight.handed_over
 
     def commit_on_hand_over(batch):
         original(batch)
         source.commit_in_background(batch.next_offsets)
 
-    monkeypatch.setattr(tested.offsets, "handed_over", commit_on_hand_over)
+    monkeypatch.setattr(tested.loop.in_flight, "handed_over", commit_on_hand_over)
     assert tested.run() == 0
     with pytest.raises(AssertionError):
         assert_commits_follow_acknowledgements(source)

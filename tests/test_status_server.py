@@ -18,11 +18,13 @@ import pytest
 
 from local_kafka.brokers import free_ports
 from login_pipeline import logs
+from login_pipeline.app import assemble
 from login_pipeline.config import load
+from login_pipeline.events import Revoking
 from login_pipeline.insights import Insights
 from login_pipeline.metrics import PipelineMetrics
-from login_pipeline.runner import Pipeline, StopRequest
 from login_pipeline.status_server import MAX_CONNECTIONS, REQUEST_TIMEOUT_S, StatusServer, Verdict, serving
+from login_pipeline.stop import StopRequest
 from tests.fakes import FakeInput, FakeOutput
 from tests.test_pipeline import process, records
 
@@ -59,7 +61,7 @@ def running_pipeline():
     source = BlockingInput(output)
     stop = StopRequest()
     config = load([], "test", environ={"LIVENESS_TIMEOUT_S": "1", "METRICS_PORT": "0"})
-    pipeline = Pipeline(config, process, source, output, stop, out=io.StringIO())
+    pipeline = assemble(config, process, source, output, stop, out=io.StringIO())
     thread = threading.Thread(target=pipeline.run, daemon=True)
     thread.start()
     yield pipeline, source, output
@@ -73,7 +75,11 @@ def server(running_pipeline):
     pipeline, _, _ = running_pipeline
     silent: list[str] = []
     status = StatusServer(
-        "127.0.0.1", free_ports(1)[0], pipeline.metrics.registry, pipeline.liveness, lambda: pipeline.readiness(silent)
+        "127.0.0.1",
+        free_ports(1)[0],
+        pipeline.metrics.registry,
+        pipeline.health.liveness,
+        lambda: pipeline.health.readiness(silent),
     ).start()
     status.silent = silent  # type: ignore[attr-defined]
     yield status
@@ -104,7 +110,7 @@ def test_readyz_says_what_is_missing(server, running_pipeline):
     assert body.decode().splitlines() == ["the output cluster does not answer", "the output is gone"]
     server.silent.clear()
     output.dead = False
-    pipeline.joined = False
+    pipeline.health.revoking(Revoking(frozenset()))  # as the loop tells it when a rebalance begins
     assert get(server.port, "/readyz") == (503, b"not a member of the consumer group (joining or rebalancing)\n")
 
 

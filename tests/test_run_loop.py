@@ -1,9 +1,10 @@
-"""The run loop's pure helpers. (The loop itself is specified on real brokers, in test_processor_kafka.py.)"""
+"""The run loop's pure helpers. (The loop itself is specified in test_pipeline.py, and on real brokers
+in test_processor_kafka.py.)"""
 
 import logging
 
 from login_pipeline.client import Partition
-from login_pipeline.runner import NULL_VALUE, _processing_error
+from login_pipeline.run_loop import NULL_VALUE, _processing_error
 
 
 def failing_rule(raw: bytes) -> None:
