@@ -22,54 +22,74 @@ from login_pipeline.client import (
     OutputGone,
     Partition,
     Polled,
-    Rerouted,
     RevokeHandler,
 )
-from login_pipeline.results import RECORD_TOO_LARGE
+from login_pipeline.delivery import BatchDelivery, ClientError, ErrorKind, Route, route_of
 
 
 @dataclass
 class Delivered:
-    """A record the fake output acknowledged."""
+    """A record the fake output acknowledged, as the delivery core produced it."""
 
     topic: str  # "output" or "dlq"
     source: tuple[int, int]  # input (partition, offset)
     key: Optional[bytes]
     value: Optional[bytes]
-    reason: Optional[str]  # the rejection's reason, for dead letters
+    reason: Optional[str]  # dlq.reason, for dead letters
+    headers: dict[str, bytes] = field(default_factory=dict)
+
+
+OUTPUT_TOPIC, DLQ_TOPIC = "processed-logins", "user-login-dlq"
+TIMED_OUT = ClientError(ErrorKind.RETRIABLE, "KafkaTimeoutError", "(fake)")
+NOT_AUTHORIZED = ClientError(ErrorKind.REFUSED_US, "TOPIC_AUTHORIZATION_FAILED", "(fake)")
+TOO_LARGE = ClientError(ErrorKind.TOO_LARGE, "MSG_SIZE_TOO_LARGE", "(fake)")
+
+
+class _FakeBatch:
+    """One batch: the delivery core, and what it produced, in order, to be answered all at once."""
+
+    def __init__(self, route: Route) -> None:
+        self.produced: list[tuple[str, Optional[bytes], bytes, dict[str, bytes], int]] = []
+        self.delivery = BatchDelivery(route, self._produce)
+
+    def _produce(self, topic, key, value, headers, partition, position) -> Optional[ClientError]:
+        self.produced.append((topic, key, value, dict(headers), position))
+        return None
 
 
 @dataclass
 class FakeOutput:
-    """Output: acknowledges batches in order; fails, holds or dies on request."""
+    """Output over the delivery core: acknowledges batches in order; fails, holds or dies on request."""
 
-    size_limits: dict[str, int] = field(
-        default_factory=lambda: {"processed-logins": 1_048_576, "user-login-dlq": 1_048_576}
-    )
+    size_limits: dict[str, int] = field(default_factory=lambda: {OUTPUT_TOPIC: 1_048_576, DLQ_TOPIC: 1_048_576})
     delivered: list[Delivered] = field(default_factory=list)
     acknowledged: dict[int, int] = field(default_factory=dict)  # input partition -> next offset acknowledged
     fail_batches: set[int] = field(default_factory=set)  # ordinals (from 0) of batches to report as failed
     refuse_batches: set[int] = field(default_factory=set)  # ... as refused for good (a missing ACL)
     restarts_before: dict[int, int] = field(default_factory=dict)  # batch ordinal -> producers replaced before it
     reroute_offsets: set[tuple[int, int]] = field(default_factory=set)  # refuse these, as too large
+    refuse_above: Optional[int] = None  # refuse as too large any record of more bytes (as max.message.bytes)
     hold: bool = False  # acknowledge nothing: as a slow or absent output cluster
     dead: bool = False
     closed: bool = False
-    _open: list[HandOver] = field(default_factory=list)
+    _open: Optional[_FakeBatch] = None
     _closed: deque = field(default_factory=deque)
     _batches_closed: int = 0
 
     def send(self, records: HandOver) -> None:
         if self.dead:
             raise OutputGone("the output process is gone (fake)")
-        self._open.append(records)
+        if self._open is None:
+            self._open = _FakeBatch(route_of(OUTPUT_TOPIC, DLQ_TOPIC, self.size_limits))
+        self._open.delivery.send(records)
 
     def end_batch(self) -> None:
         if self.dead:
             raise OutputGone("the output process is gone (fake)")
-        self._closed.append((self._batches_closed, self._open))
+        batch = self._open or _FakeBatch(route_of(OUTPUT_TOPIC, DLQ_TOPIC, self.size_limits))
+        self._closed.append((self._batches_closed, batch))
         self._batches_closed += 1
-        self._open = []
+        self._open = None
 
     def acknowledgement(self, timeout_s: Optional[float] = None) -> Optional[BatchReport]:
         if self.dead:
@@ -78,35 +98,38 @@ class FakeOutput:
             if timeout_s is None:
                 raise OutputGone("the output process did not answer (fake)")
             return None
-        ordinal, handovers = self._closed.popleft()
-        restarts = self.restarts_before.get(ordinal, 0)
-        if ordinal in self.fail_batches:
-            return BatchReport(
-                "1 of 1 records were not acknowledged: KafkaTimeoutError (fake)", producer_restarts=restarts
-            )
-        if ordinal in self.refuse_batches:
-            return BatchReport("TOPIC_AUTHORIZATION_FAILED (fake)", refused=True)
-        rerouted = []
-        position = 0
-        for records in handovers:
-            for index, (offset, key, value) in enumerate(zip(records.offsets, records.keys, records.values)):
-                rejection = records.rejections.get(index)
-                if (records.partition, offset) in self.reroute_offsets:
-                    rerouted.append(Rerouted(position, RECORD_TOO_LARGE))
-                    self.delivered.append(Delivered("dlq", (records.partition, offset), None, b"", RECORD_TOO_LARGE))
-                else:
-                    self.delivered.append(
-                        Delivered(
-                            "dlq" if rejection else "output",
-                            (records.partition, offset),
-                            key,
-                            value,
-                            rejection.reason if rejection else None,
-                        )
+        ordinal, batch = self._closed.popleft()
+        answered = 0
+        while answered < len(batch.produced):  # a rerouted record's refused form joins the end
+            topic, key, value, headers, position = batch.produced[answered]
+            answered += 1
+            source = (int(headers["source.partition"]), int(headers["source.offset"]))
+            if ordinal in self.refuse_batches:
+                batch.delivery.answered(position, NOT_AUTHORIZED)
+            elif ordinal in self.fail_batches:
+                batch.delivery.answered(position, TIMED_OUT)
+            elif self._too_large(source, key, value, headers):
+                batch.delivery.answered(position, TOO_LARGE)
+            else:
+                batch.delivery.answered(position, None)
+                reason = headers.get("dlq.reason")
+                self.delivered.append(
+                    Delivered(
+                        "output" if topic == OUTPUT_TOPIC else "dlq",
+                        source,
+                        key,
+                        value,
+                        reason.decode() if reason is not None else None,
+                        headers,
                     )
-                self.acknowledged[records.partition] = offset + 1
-                position += 1
-        return BatchReport(None, tuple(rerouted), producer_restarts=restarts)
+                )
+                self.acknowledged[source[0]] = max(self.acknowledged.get(source[0], 0), source[1] + 1)
+        return batch.delivery.report(self.restarts_before.get(ordinal, 0))
+
+    def _too_large(self, source: tuple[int, int], key: Optional[bytes], value: bytes, headers: dict) -> bool:
+        if self.refuse_above is not None and len(key or b"") + len(value) > self.refuse_above:
+            return True
+        return source in self.reroute_offsets and "dlq.value_bytes" not in headers  # its refused form is taken
 
     def close(self) -> None:
         self.closed = True

@@ -1,77 +1,48 @@
-"""The confluent-kafka engine's output, without a broker: how a delivery report is turned into a batch's report."""
+"""The confluent-kafka engine's output, without a broker: how librdkafka's errors are classified, and a
+fatal producer replaced. (The delivery policy itself: tests/test_delivery.py; on brokers, the
+contract suite: tests/test_output_contract.py.)"""
 
 from __future__ import annotations
 
 import logging
 
+import pytest
 from confluent_kafka import KafkaError
 
-from login_pipeline.client import HandOver, Partition, Rerouted
-from login_pipeline.engines.confluent import ConfluentOutput
-from login_pipeline.results import Rejection
-from login_pipeline.routing import source_headers
+from login_pipeline.client import HandOver, Partition
+from login_pipeline.delivery import ErrorKind
+from login_pipeline.engines.confluent import ConfluentOutput, classified
 
 
-class Report:
-    """What librdkafka passes to a delivery callback as the message: here, only its headers are read."""
+@pytest.mark.parametrize(
+    "code, kind",
+    [
+        (KafkaError.MSG_SIZE_TOO_LARGE, ErrorKind.TOO_LARGE),
+        (KafkaError.RECORD_LIST_TOO_LARGE, ErrorKind.TOO_LARGE),
+        (KafkaError.INVALID_RECORD, ErrorKind.INVALID),
+        (KafkaError.TOPIC_AUTHORIZATION_FAILED, ErrorKind.REFUSED_US),
+        (KafkaError.SASL_AUTHENTICATION_FAILED, ErrorKind.REFUSED_US),
+        (KafkaError._MSG_TIMED_OUT, ErrorKind.RETRIABLE),
+        (KafkaError.NOT_LEADER_FOR_PARTITION, ErrorKind.RETRIABLE),
+    ],
+)
+def test_librdkafka_errors_are_classified_for_the_delivery_core(code, kind):
+    error = classified(KafkaError(code))
+    assert error.kind is kind and error.name == KafkaError(code).name()
 
-    def __init__(self, offset: int) -> None:
-        self._headers = source_headers("user-login", 2, offset)
 
-    def headers(self):
-        return self._headers
-
-
-def output_with_two_records() -> tuple[ConfluentOutput, object]:
-    # Nothing listens on port 9: the records stay queued, and the reports below are the only ones.
+def test_a_fatal_producer_is_replaced_and_the_next_report_says_so():
+    # Nothing listens on port 9: the records stay queued, and no report comes but those made here.
     settings = {"bootstrap.servers": "127.0.0.1:9", "logger": logging.getLogger("librdkafka")}
     output = ConfluentOutput(settings, "processed-logins", "user-login-dlq", 1.0, {})
     records = HandOver.of(Partition("user-login", 2))
     records.add(10, b"u1", b'{"user_id": "u1"}')
-    records.add(11, b"k", b"not json", Rejection("malformed_json", None, "message is not valid JSON"))
     output.send(records)
-    return output, output._batch
-
-
-def test_a_record_the_broker_refuses_as_too_large_is_rerouted_and_reported_at_its_position():
-    output, batch = output_with_two_records()
-    try:
-        assert batch.pending == 2
-        batch.delivered(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE), Report(11))
-        assert batch.rerouted == [Rerouted(1, "record_too_large")]
-        assert batch.pending == 2  # the refused record's answer is now its dead-letter copy's
-        assert batch.failure is None
-    finally:
-        output._producer.purge()
-
-
-def test_a_transient_failure_fails_the_batch_instead_of_rerouting():
-    output, batch = output_with_two_records()
-    try:
-        batch.delivered(KafkaError(KafkaError._MSG_TIMED_OUT), Report(10))
-        assert batch.rerouted == []
-        assert batch.failure.startswith("a record was not acknowledged: _MSG_TIMED_OUT")
-    finally:
-        output._producer.purge()
-
-
-def test_an_authorization_refusal_fails_the_batch_as_refused_for_good():
-    output, batch = output_with_two_records()
-    try:
-        batch.delivered(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED), Report(10))
-        assert batch.refused and batch.failure.startswith("a record was not acknowledged: TOPIC_AUTHORIZATION_FAILED")
-    finally:
-        output._producer.purge()
-
-
-def test_a_fatal_producer_is_replaced_and_the_next_report_says_so():
-    output, batch = output_with_two_records()
     output._client_error(KafkaError(KafkaError._FATAL, fatal=True))
-    batch.pending = 0  # its records answered (the purge below would fail them; their report is not the point)
-    output.end_batch()  # the replacement happens here
+    output.end_batch()  # the replacement happens here: the old producer's queue is purged
     report = output.acknowledgement(1.0)
     assert report.producer_restarts == 1 and not report.refused
-    output._closed.append(output._batch)
-    output._batch.pending = 0
+    assert report.failure is not None and "_PURGE_QUEUE" in report.failure  # retried by the run loop
+    output.end_batch()  # an empty batch, settled at once
     assert output.acknowledgement(1.0).producer_restarts == 0  # reported once
     output._producer.purge()

@@ -1,13 +1,28 @@
-"""The kafka-python engine's output process, without a broker: how settled batches are reported."""
+"""The kafka-python engine's output process, without a broker: how its errors are classified, settled
+batches reported and keys hashed."""
 
 from __future__ import annotations
 
 from collections import deque
 
+import pytest
+from kafka.errors import (
+    InvalidRecordError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    NotLeaderForPartitionError,
+    RecordListTooLargeError,
+    SaslAuthenticationFailedError,
+    TopicAuthorizationFailedError,
+)
+
 from login_pipeline.client import BatchReport, HandOver
+from login_pipeline.delivery import ErrorKind, Route
 from login_pipeline.engines import kafka_python_output
-from login_pipeline.engines.kafka_python_output import _Batch, _report_settled, key_hashes, murmur2
+from login_pipeline.engines.kafka_python_output import _Batch, _report_settled, classified, key_hashes, murmur2
 from login_pipeline.results import MALFORMED_JSON, Rejection
+
+ROUTE = Route("processed-logins", "user-login-dlq", 1_048_576, 1_048_576)
 
 
 class Pipe:
@@ -20,15 +35,15 @@ class Pipe:
 
 def test_producer_restarts_ride_on_the_next_report_once():
     pipe = Pipe()
-    unreported: deque[_Batch] = deque([_Batch(), _Batch()])  # nothing sent: settled at once
-    assert _report_settled(pipe, unreported, None, restarts=2) == 0  # type: ignore[arg-type]
+    unreported: deque[_Batch] = deque([_Batch(ROUTE, None), _Batch(ROUTE, None)])  # nothing sent: settled at once
+    assert _report_settled(pipe, unreported, restarts=2) == 0  # type: ignore[arg-type]
     assert [report.producer_restarts for report in pipe.sent] == [2, 0]
     assert all(report.failure is None for report in pipe.sent)
 
 
 def test_restarts_wait_for_a_report_to_carry_them():
     pipe = Pipe()
-    assert _report_settled(pipe, deque(), None, restarts=1) == 1  # type: ignore[arg-type]
+    assert _report_settled(pipe, deque(), restarts=1) == 1  # type: ignore[arg-type]
     assert pipe.sent == []
 
 
@@ -39,3 +54,19 @@ def test_only_the_logins_keys_are_hashed_never_a_dead_letters(monkeypatch):
     monkeypatch.setattr(kafka_python_output, "murmur2", lambda key: hashed.append(key) or murmur2(key))
     assert key_hashes(records) == [murmur2(b"user-1"), 0, murmur2(b"user-2")]
     assert hashed == [b"user-1", b"user-2"]  # the megabyte key of the dead letter was never hashed
+
+
+@pytest.mark.parametrize(
+    "error, kind",
+    [
+        (MessageSizeTooLargeError(), ErrorKind.TOO_LARGE),
+        (RecordListTooLargeError(), ErrorKind.TOO_LARGE),
+        (InvalidRecordError(), ErrorKind.INVALID),
+        (TopicAuthorizationFailedError(), ErrorKind.REFUSED_US),
+        (SaslAuthenticationFailedError(), ErrorKind.REFUSED_US),
+        (KafkaTimeoutError(), ErrorKind.RETRIABLE),
+        (NotLeaderForPartitionError(), ErrorKind.RETRIABLE),
+    ],
+)
+def test_kafka_python_errors_are_classified_for_the_delivery_core(error, kind):
+    assert classified(error).kind is kind and classified(error).name == type(error).__name__

@@ -263,11 +263,16 @@ def test_null_values_and_a_raising_rule_become_dead_letters_with_their_original_
         return process(raw, processed_at)
 
     assert pipeline(source, output, process=rule).run() == 0
-    dead = [(r.source, r.key, r.value, r.reason) for r in output.delivered if r.topic == "dlq"]
+    dead = [
+        (r.source, r.key, r.value, r.reason, r.headers.get("dlq.null_value"))
+        for r in output.delivered
+        if r.topic == "dlq"
+    ]
+    # A null value goes as an empty one, flagged: Kafka refuses a record with neither key nor value.
     assert dead == [
-        ((0, 0), None, None, "malformed_json"),
-        ((0, 1), b"k", None, "malformed_json"),
-        ((0, 2), None, b"boom", "processing_error"),
+        ((0, 0), None, b"", "malformed_json", b"true"),
+        ((0, 1), b"k", b"", "malformed_json", b"true"),
+        ((0, 2), None, b"boom", "processing_error", None),
     ]
     assert sources(output) == [(0, 3)]
 

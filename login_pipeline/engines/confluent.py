@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from functools import partial
 from typing import Any, Callable, Optional, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicCollection, TopicPartition
@@ -28,23 +29,12 @@ from login_pipeline.client import (
     OutputGone,
     Partition,
     Polled,
-    Rerouted,
     RevokeHandler,
 )
 from login_pipeline.config import Config
+from login_pipeline.delivery import BatchDelivery, ClientError, ErrorKind, Route, route_of
 from login_pipeline.refusals import Access, Symptoms, check_topic, unreachable
-from login_pipeline.results import RECORD_REJECTED, RECORD_TOO_LARGE
-from login_pipeline.routing import (
-    DEFAULT_MAX_REQUEST_SIZE,
-    SOURCE_OFFSET,
-    dead_letter,
-    effective_limits,
-    fits,
-    partition_headers,
-    refused_dead_letter,
-    source_headers,
-    unknown_size_limits,
-)
+from login_pipeline.routing import DEFAULT_MAX_REQUEST_SIZE, Headers, effective_limits, unknown_size_limits
 
 log = logging.getLogger(__name__)
 client_log = logging.getLogger("librdkafka")
@@ -334,47 +324,52 @@ def _confluent_offsets(offsets: dict[Partition, int]) -> list[TopicPartition]:
 
 
 class _Batch:
-    """One batch's records: how many still await a delivery report, and what went wrong or was rerouted.
+    """One batch: the delivery core (login_pipeline.delivery), and how its records are produced and
+    answered with this batch's producer. A delivery callback per record carries its position."""
 
-    Its bound methods are the delivery callbacks: one per batch, not a closure per record, on the
-    per-record hot path. A failed record is found again from its source headers (failures are rare).
-    """
+    __slots__ = ("delivery", "_producer")
 
-    __slots__ = ("pending", "failure", "refused", "rerouted", "handovers", "_on_failed")
+    def __init__(self, route: Route, producer: Producer) -> None:
+        self._producer = producer
+        self.delivery = BatchDelivery(route, self._produce)
 
-    def __init__(self, on_failed) -> None:
-        self.pending = 0
-        self.failure: Optional[str] = None
-        self.refused = False
-        self.rerouted: list[Rerouted] = []
-        self.handovers: list[HandOver] = []
-        self._on_failed = on_failed
+    def _produce(
+        self,
+        topic: str,
+        key: Optional[bytes],
+        value: bytes,
+        headers: Headers,
+        partition: Optional[int],
+        position: int,
+    ) -> Optional[ClientError]:
+        on_delivery = partial(self._delivered, position)
+        produce = self._producer.produce
+        while True:
+            try:
+                # A list of (str, bytes) pairs is what librdkafka takes; its stubs say a wider type.
+                produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)  # type: ignore[arg-type]
+                return None
+            except BufferError:
+                self._producer.poll(0.05)  # the local queue is full: this is the backpressure
+            except KafkaException as error:
+                return classified(error.args[0])
 
-    def delivered(self, error: Optional[KafkaError], message) -> None:
-        self.pending -= 1
-        if error is not None:
-            self._on_failed(self, error, message)
+    def _delivered(self, position: int, error: Optional[KafkaError], _message) -> None:
+        self.delivery.answered(position, None if error is None else classified(error))
 
-    def refused_form_delivered(self, error: Optional[KafkaError], _message) -> None:
-        self.pending -= 1
-        if error is not None:
-            self.failure = self.failure or f"the dead-letter copy of a refused record failed: {error.name()}"
 
-    def find(self, topic: str, partition: int, offset: int) -> tuple[int, tuple]:
-        """(position in the batch, (key, value, rejection, source headers)) of a record handed over."""
-        position = 0
-        for records in self.handovers:
-            if records.topic == topic and records.partition == partition and offset in records.offsets:
-                index = records.offsets.index(offset)
-                source = source_headers(topic, partition, offset)
-                return position + index, (
-                    records.keys[index],
-                    records.values[index],
-                    records.rejections.get(index),
-                    source,
-                )
-            position += len(records.offsets)
-        raise LookupError(f"{topic}:{partition} offset {offset} is not in the batch")
+def classified(error: KafkaError) -> ClientError:
+    """librdkafka's error, as the delivery core's kind of error."""
+    code = error.code()
+    if code in _REFUSED_FOR_SIZE:
+        kind = ErrorKind.TOO_LARGE
+    elif code in _REFUSED_AS_INVALID:
+        kind = ErrorKind.INVALID
+    elif code in _REFUSALS:
+        kind = ErrorKind.REFUSED_US
+    else:
+        kind = ErrorKind.RETRIABLE
+    return ClientError(kind, error.name(), error.str())
 
 
 class ConfluentOutput:
@@ -386,17 +381,15 @@ class ConfluentOutput:
         self.size_limits = effective_limits(
             size_limits, (output_topic, dlq_topic), settings.get("message.max.bytes", DEFAULT_MAX_REQUEST_SIZE)
         )
+        self._route = route_of(output_topic, dlq_topic, self.size_limits)
         # librdkafka does not split a batch the broker refuses as too large (Java and kafka-python do):
         # every record in it would fail. So no batch is built larger than the smallest topic takes.
         batch_bytes = min(LIBRDKAFKA_BATCH_BYTES, *self.size_limits.values())
         self._settings = {**settings, "batch.size": batch_bytes, "error_cb": self._client_error}
         self._producer = Producer(self._settings)
-        self._output_topic = output_topic
-        self._dlq_topic = dlq_topic
         self._timeout_s = timeout_s
-        self._batch = _Batch(self._failed)
-        self._positions = 0  # records handed over in the open batch
-        self._closed: deque[_Batch] = deque()
+        self._batch = _Batch(self._route, self._producer)
+        self._closed: deque[BatchDelivery] = deque()
         self._fatal: Optional[str] = None
         self._refusal: Optional[str] = None  # the cluster refused the producer itself (no idempotence ACL...)
         self._restarts = 0  # producers replaced since the last report
@@ -411,76 +404,14 @@ class ConfluentOutput:
             )
 
     def send(self, records: HandOver) -> None:
-        prefix = partition_headers(records.topic, records.partition)
-        rejections = records.rejections
-        batch, limits = self._batch, self.size_limits
-        batch.handovers.append(records)
-        output_limit = limits[self._output_topic]
-        delivered = batch.delivered
-        produce: Callable[..., None] = self._producer.produce
-        for index, (offset, key, value) in enumerate(zip(records.offsets, records.keys, records.values)):
-            source = [*prefix, (SOURCE_OFFSET, str(offset).encode())]
-            rejection = rejections.get(index) if rejections else None
-            position = self._positions
-            self._positions += 1
-            if rejection is None:
-                topic, limit, out_key, out_value, headers = self._output_topic, output_limit, key, value, source
-            else:
-                topic, limit = self._dlq_topic, limits[self._dlq_topic]
-                out_key, out_value, headers = dead_letter(key, value, rejection, source)
-            if not fits(limit, out_key, cast(bytes, out_value), headers):  # a login's value is never null
-                self._reroute(batch, position, (key, value, rejection, source), RECORD_TOO_LARGE, "MSG_SIZE_TOO_LARGE")
-                continue
-            try:  # the common case inline: a call less per record (reports are only served in poll())
-                produce(topic, value=out_value, key=out_key, headers=headers, on_delivery=delivered)
-                batch.pending += 1
-            except (BufferError, KafkaException):
-                self._produce(batch, topic, out_key, out_value, headers, delivered)
+        self._batch.delivery.send(records)
         self._producer.poll(0)  # serve delivery reports as they come, so the queue never fills with them
 
-    def _produce(self, batch: _Batch, topic: str, key, value, headers, on_delivery) -> None:
-        batch.pending += 1
-        while True:
-            try:
-                self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
-                return
-            except BufferError:
-                self._producer.poll(0.05)  # the local queue is full: this is the backpressure
-            except KafkaException as error:
-                batch.pending -= 1
-                batch.failure = batch.failure or f"producing failed: {error.args[0].name()}"
-                return
-
-    def _failed(self, batch: _Batch, error: KafkaError, message) -> None:
-        """A record's delivery failed: reroute it if refused for what it is, else fail its batch."""
-        code = error.code()
-        if code not in _REFUSED_FOR_SIZE and code not in _REFUSED_AS_INVALID:
-            batch.failure = batch.failure or f"a record was not acknowledged: {error.name()}: {error.str()[:200]}"
-            batch.refused = batch.refused or code in _REFUSALS
-            return
-        try:
-            source = dict(message.headers())
-            position, record = batch.find(
-                source["source.topic"].decode(), int(source["source.partition"]), int(source[SOURCE_OFFSET])
-            )
-        except (LookupError, ValueError, TypeError) as unexpected:  # cannot happen for our own records
-            batch.failure = batch.failure or f"rerouting a refused record failed: {type(unexpected).__name__}"
-            return
-        reason = RECORD_TOO_LARGE if code in _REFUSED_FOR_SIZE else RECORD_REJECTED
-        self._reroute(batch, position, record, reason, error.name())
-
-    def _reroute(self, batch: _Batch, position: int, record: tuple, reason: str, error_name: str) -> None:
-        """Send the dead-letter form of a record refused for what it is; a refusal of that form fails the batch."""
-        key, value, rejection, source = record
-        out_key, out_value, headers = refused_dead_letter(key, value, rejection, source, reason, error_name)
-        batch.rerouted.append(Rerouted(position, reason))
-        self._produce(batch, self._dlq_topic, out_key, out_value, headers, batch.refused_form_delivered)
-
     def end_batch(self) -> None:
-        self._closed.append(self._batch)
-        self._batch, self._positions = _Batch(self._failed), 0
+        self._closed.append(self._batch.delivery)
         if self._fatal is not None:
             self._replace_producer()
+        self._batch = _Batch(self._route, self._producer)
 
     def _replace_producer(self) -> None:
         """A producer in librdkafka's fatal state never sends again: fail what it holds, start a new one."""
@@ -492,7 +423,7 @@ class ConfluentOutput:
 
     def acknowledgement(self, timeout_s: Optional[float] = None) -> Optional[BatchReport]:
         deadline = time.monotonic() + (self._timeout_s if timeout_s is None else timeout_s)
-        while not self._closed or self._closed[0].pending > 0:
+        while not self._closed or not self._closed[0].settled:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 if timeout_s is None:
@@ -503,9 +434,7 @@ class ConfluentOutput:
         restarts, self._restarts = self._restarts, 0
         if self._refusal is not None:
             return BatchReport(self._refusal, refused=True, producer_restarts=restarts)
-        if batch.failure is not None:
-            return BatchReport(batch.failure, refused=batch.refused, producer_restarts=restarts)
-        return BatchReport(None, tuple(batch.rerouted), producer_restarts=restarts)
+        return batch.report(restarts)
 
     def alive(self) -> bool:
         return True  # in this process: it lives as long as the run loop

@@ -30,7 +30,7 @@ import socket
 import struct
 from collections import deque
 from multiprocessing.connection import Connection
-from typing import NamedTuple, cast
+from typing import NamedTuple, Optional, cast
 
 from kafka import KafkaProducer
 from kafka.errors import (
@@ -44,17 +44,9 @@ from kafka.errors import (
 )
 
 from login_pipeline import gc_tuning, logs
-from login_pipeline.client import BatchReport, HandOver, OutputGone, Rerouted
-from login_pipeline.results import RECORD_REJECTED, RECORD_TOO_LARGE
-from login_pipeline.routing import (
-    DEFAULT_MAX_REQUEST_SIZE,
-    SOURCE_OFFSET,
-    dead_letter,
-    effective_limits,
-    fits,
-    partition_headers,
-    refused_dead_letter,
-)
+from login_pipeline.client import BatchReport, HandOver, OutputGone
+from login_pipeline.delivery import BatchDelivery, ClientError, ErrorKind, Route, route_of
+from login_pipeline.routing import DEFAULT_MAX_REQUEST_SIZE, Headers, effective_limits
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +56,6 @@ ACK_CHECK_INTERVAL_S = 0.001  # how often the child looks for acknowledgements w
 # Errors that say the record itself can never be written, so retrying it would stall its partition.
 _REFUSED_FOR_SIZE = (MessageSizeTooLargeError, RecordListTooLargeError)
 _REFUSED_AS_INVALID = (InvalidRecordError, CorruptRecordError)
-_REFUSED = _REFUSED_FOR_SIZE + _REFUSED_AS_INVALID
 # Errors that refuse the pipeline itself: no retry can succeed.
 _REFUSED_US = (AuthorizationError, SaslAuthenticationFailedError)
 
@@ -226,15 +217,16 @@ def _serve(
         return
     connection.send(_READY)
     gc_tuning.settle()
-    router = _Router(producer, output_topic, dlq_topic, size_limits)
-    batch = _Batch()
+    route = route_of(output_topic, dlq_topic, size_limits)
+    partitioner = _Partitioner(producer, output_topic)
+    batch = _Batch(route, producer)
     unreported: deque[_Batch] = deque()
     restarts = 0  # producers replaced since the last report
     try:
         while True:
             # While batches await acknowledgement, wake up often enough to report them promptly.
             if unreported and not connection.poll(ACK_CHECK_INTERVAL_S):
-                restarts = _report_settled(connection, unreported, router, restarts)
+                restarts = _report_settled(connection, unreported, restarts)
                 continue
             try:
                 message = connection.recv()
@@ -244,139 +236,118 @@ def _serve(
                 return
             if message == _END_BATCH:
                 unreported.append(batch)
-                batch = _Batch()
-                restarts = _report_settled(connection, unreported, router, restarts)
+                restarts = _report_settled(connection, unreported, restarts)
                 if _is_broken(producer):
                     # Every send would fail from now on: start afresh; the failed batches are retried.
                     log.warning("the producer stopped after a fatal error; starting a new one")
                     producer.close(timeout=10)
                     producer = KafkaProducer(**settings)
-                    router = _Router(producer, output_topic, dlq_topic, size_limits)
+                    partitioner = _Partitioner(producer, output_topic)
                     restarts += 1
-                router.refresh_partitions()
+                partitioner.refresh()
+                batch = _Batch(route, producer)
                 continue
             try:
-                router.send(batch, message)
+                records, hashes = message
+                partitions = partitioner.partitions(hashes)
+                if partitions is None:
+                    batch.delivery.fail(f"the partitions of {output_topic} are unknown")
+                else:
+                    batch.delivery.send(records, partitions)
             except Exception as error:  # a bug or a client state we did not foresee: fail the batch, live on
-                batch.fail(f"producing failed: {type(error).__name__}")
+                batch.delivery.fail(f"producing failed: {type(error).__name__}")
     except ConnectionError:
         pass  # the parent was killed mid-conversation: as above, nothing unacknowledged was committed
     finally:
         producer.close(timeout=10)
 
 
-class _Router:
-    """Builds and sends each record; reroutes a record the output cluster refuses for what it is."""
+class _Partitioner:
+    """The output partition of each login, by the default partitioner's rule from its key hash,
+    with the partition count refreshed per batch so keys follow when partitions are added."""
 
-    def __init__(self, producer: KafkaProducer, output_topic: str, dlq_topic: str, size_limits: dict[str, int]) -> None:
+    def __init__(self, producer: KafkaProducer, output_topic: str) -> None:
         self._producer = producer
         self._output_topic = output_topic
-        self._dlq_topic = dlq_topic
-        self._size_limits = size_limits
-        self._partitions = 0
-        self.refresh_partitions()
+        self._count = 0
+        self.refresh()
 
-    def refresh_partitions(self) -> None:
-        """Partitioned here, by the default partitioner's rule but with the faster murmur2, and refreshed
-        per batch so keys follow when partitions are added. Metadata briefly missing keeps the last count."""
+    def refresh(self) -> None:
+        """Metadata briefly missing keeps the last count."""
         try:
-            self._partitions = len(self._producer.partitions_for(self._output_topic) or ()) or self._partitions
+            self._count = len(self._producer.partitions_for(self._output_topic) or ()) or self._count
         except KafkaError:
             pass
 
-    def send(self, batch: _Batch, hashed: _Records) -> None:
-        records, key_hashes = hashed
-        prefix = partition_headers(records.topic, records.partition)
-        rejections = records.rejections
-        sent_future, sent_record = batch.futures.append, batch.records.append
-        for index, (offset, key, value) in enumerate(zip(records.offsets, records.keys, records.values)):
-            headers = [*prefix, (SOURCE_OFFSET, str(offset).encode())]
-            rejection = rejections.get(index) if rejections else None
-            if rejection is None:
-                if not self._partitions:
-                    self.refresh_partitions()
-                    if not self._partitions:
-                        batch.fail(f"the partitions of {self._output_topic} are unknown")
-                        return
-                partition = partition_of(key_hashes[index], self._partitions)
-                sent_future(self._send(self._output_topic, key, value, headers, partition))
-            else:
-                sent_future(self._send(self._dlq_topic, *dead_letter(key, value, rejection, headers), None))
-            sent_record((key, value, rejection, headers))
-
-    def reroute(self, record: tuple, error: Exception):
-        """Send the dead-letter form of a record that was refused for what it is; returns (reason, its future)."""
-        reason = RECORD_TOO_LARGE if isinstance(error, _REFUSED_FOR_SIZE) else RECORD_REJECTED
-        key, value, rejection, source = record
-        key, value, headers = refused_dead_letter(key, value, rejection, source, reason, type(error).__name__)
-        return reason, self._send(self._dlq_topic, key, value, headers, None)
-
-    def _send(self, topic: str, key, value, headers: list, partition):
-        # A record the topic cannot hold is refused here, not by the broker: kafka-python's idempotent
-        # producer treats a broker's refusal of a one-record batch as fatal and fails every later send.
-        limit = self._size_limits[topic]
-        if not fits(limit, key, value, headers):
-            return _Refused(MessageSizeTooLargeError(f"over the {limit:,} bytes that {topic} takes"))
-        try:
-            return self._producer.send(topic, value=value, key=key, headers=headers, partition=partition)
-        except _REFUSED_FOR_SIZE as error:
-            return _Refused(error)
-
-
-class _Refused:
-    """Stands in for the future of a record the producer refused at once, so it is rerouted like the others."""
-
-    is_done = True
-
-    def __init__(self, error: Exception) -> None:
-        self.exception = error
-
-    def succeeded(self) -> bool:
-        return False
+    def partitions(self, key_hashes: list[int]) -> Optional[list[int]]:
+        """None while the output topic's partitions are unknown."""
+        if not self._count:
+            self.refresh()
+            if not self._count:
+                return None
+        count = self._count
+        return [partition_of(key_hash, count) for key_hash in key_hashes]
 
 
 class _Batch:
-    """What one batch sent; `settled` advances past records answered, rerouting the refused ones."""
+    """One batch in the child: the delivery core (login_pipeline.delivery), and kafka-python's
+    futures by position, answered in order as they complete."""
 
-    def __init__(self) -> None:
-        self.futures: list = []  # kafka-python's FutureRecordMetadata, or _Refused, in the order sent
-        # Beside each future: (key, value, rejection, source headers), to reroute it should it be refused.
-        # Plain tuples and parallel lists: this is the output process's per-record hot path.
-        self.records: list[tuple] = []
-        self.settled = 0
-        self.rerouted: list[Rerouted] = []
-        self.failure: str | None = None
+    def __init__(self, route: Route, producer: KafkaProducer) -> None:
+        self._producer = producer
+        self.futures: list = []  # kafka-python's FutureRecordMetadata, or None once answered, by position
+        self.answered = 0  # futures answered so far, in order
+        self.delivery = BatchDelivery(route, self._produce)
 
-    def fail(self, reason: str) -> None:
-        self.failure = self.failure or reason
+    def _produce(
+        self,
+        topic: str,
+        key: Optional[bytes],
+        value: bytes,
+        headers: Headers,
+        partition: Optional[int],
+        position: int,
+    ) -> Optional[ClientError]:
+        refused: Optional[ClientError] = None
+        try:
+            future = self._producer.send(topic, value=value, key=key, headers=headers, partition=partition)
+        except _REFUSED_FOR_SIZE as error:  # the producer's own limit (max_request_size)
+            future, refused = None, classified(error)
+        if position == len(self.futures):
+            self.futures.append(future)
+        else:  # a rerouted record's dead-letter form takes its place
+            self.futures[position] = future
+        return refused
 
-    def settle(self, router: _Router) -> bool:
-        """Advance past answered records, rerouting refused ones; True when every record has its answer."""
+    def settle(self) -> bool:
+        """Answer the futures done, in order; True when every record has its answer."""
         futures = self.futures
-        while self.settled < len(futures) and futures[self.settled].is_done:
-            future, position = futures[self.settled], self.settled
-            already_rerouted = bool(self.rerouted) and self.rerouted[-1].position == position
-            if not future.succeeded() and isinstance(future.exception, _REFUSED) and not already_rerouted:
-                try:
-                    reason, futures[position] = router.reroute(self.records[position], future.exception)
-                except Exception as unexpected:  # the batch fails and is retried; the child lives on
-                    self.fail(f"rerouting a refused record failed: {type(unexpected).__name__}")
-                else:
-                    self.rerouted.append(Rerouted(position, reason))
-                    continue
-            self.settled += 1
-        return self.settled == len(futures)
+        while self.answered < len(futures):
+            future = futures[self.answered]
+            if future is None:
+                self.answered += 1
+                continue
+            if not future.is_done:
+                return False
+            futures[self.answered] = None
+            position = self.answered
+            self.delivery.answered(position, None if future.succeeded() else classified(future.exception))
+            if futures[position] is None:  # not rerouted: the next one
+                self.answered += 1
+        return self.delivery.settled
 
-    def report(self) -> BatchReport:
-        failed = [future.exception for future in self.futures if not future.succeeded()]
-        if failed:
-            refusal = next((error for error in failed if isinstance(error, _REFUSED_US)), failed[0])
-            return BatchReport(
-                f"{len(failed)} of {len(self.futures)} records were not acknowledged: "
-                f"{type(refusal).__name__}: {str(refusal)[:200]}",
-                refused=isinstance(refusal, _REFUSED_US),
-            )
-        return BatchReport(self.failure, tuple(self.rerouted))
+
+def classified(error: Exception) -> ClientError:
+    """kafka-python's error, as the delivery core's kind of error."""
+    if isinstance(error, _REFUSED_FOR_SIZE):
+        kind = ErrorKind.TOO_LARGE
+    elif isinstance(error, _REFUSED_AS_INVALID):
+        kind = ErrorKind.INVALID
+    elif isinstance(error, _REFUSED_US):
+        kind = ErrorKind.REFUSED_US
+    else:
+        kind = ErrorKind.RETRIABLE
+    return ClientError(kind, type(error).__name__, str(error))
 
 
 def _is_broken(producer: KafkaProducer) -> bool:
@@ -385,10 +356,10 @@ def _is_broken(producer: KafkaProducer) -> bool:
     return bool(manager is not None and manager.has_fatal_error())
 
 
-def _report_settled(connection: Connection, unreported: deque, router: _Router, restarts: int) -> int:
+def _report_settled(connection: Connection, unreported: deque[_Batch], restarts: int) -> int:
     """Report, oldest first, every batch whose records have all been answered by the output cluster;
     the first report carries the producer restarts not yet reported. Returns those still unreported."""
-    while unreported and unreported[0].settle(router):
-        connection.send(unreported.popleft().report()._replace(producer_restarts=restarts))
+    while unreported and unreported[0].settle():
+        connection.send(unreported.popleft().delivery.report(restarts))
         restarts = 0
     return restarts
