@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     every_cluster = brokers.default_clusters() + brokers.secure_clusters()
     try:
         if args.action == "jars":
+            brokers.kafka_classpath()  # KAFKA_HOME's libs are checked without Java; Maven checks for it first
             brokers.java_executable()
-            brokers.kafka_classpath()
         elif args.action == "up":
             up(clusters)
             if args.secure:

@@ -218,8 +218,11 @@ def java_executable() -> str:
         raise SetupError(f"java not found on PATH: install Java {MIN_JAVA} or newer")
     version = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30).stderr
     # The first line reads like: openjdk version "17.0.15" 2025-04-15 (or "1.8.0_392" before Java 9).
-    quoted = version.split('"')[1] if '"' in version else "0"
-    major = int(quoted.split(".")[1] if quoted.startswith("1.") else quoted.split(".")[0].split("-")[0])
+    quoted = version.split('"')[1] if '"' in version else ""
+    number = quoted.split(".")[1] if quoted.startswith("1.") else quoted.split(".")[0].split("-")[0]
+    if not number.isascii() or not number.isdigit():
+        raise SetupError(f"{java} -version did not say which Java it is; Apache Kafka 4 needs Java {MIN_JAVA} or newer")
+    major = int(number)
     if major < MIN_JAVA:
         raise SetupError(f"java {quoted} found; Apache Kafka 4 needs Java {MIN_JAVA} or newer")
     return java
@@ -241,6 +244,7 @@ def kafka_classpath() -> str:
 
 
 def _resolve_with_maven(digest: str) -> None:
+    java_executable()  # Maven runs on it: say so, rather than Maven's own complaint
     mvn = shutil.which("mvn")
     if mvn is None:
         raise SetupError("mvn not found on PATH: install Maven, or set KAFKA_HOME to an unpacked Apache Kafka")

@@ -65,3 +65,12 @@ def test_a_kafka_home_without_libs_stops_with_one_clear_line(tmp_path):
     assert result.returncode == 1
     assert "has no libs folder" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_java_that_does_not_say_its_version_is_named_in_one_clear_line(tmp_path, monkeypatch):
+    stub = tmp_path / "java"
+    stub.write_text("#!/bin/sh\necho 'no version here' >&2\n")
+    stub.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(brokers.SetupError, match="did not say which Java it is; Apache Kafka 4 needs Java 17"):
+        brokers.java_executable()
