@@ -18,3 +18,8 @@ RECONNECT_BACKOFF_MAX_S = 2.0
 STARTUP_TIMEOUT_S = 15.0  # each start-up check of a cluster and its topics
 PROBE_TIMEOUT_S = 2.0  # each readiness probe of a cluster
 CLOSE_TIMEOUT_S = 10.0  # leaving the group, flushing a producer at close
+
+
+def ms(seconds: float) -> int:
+    """In milliseconds, as the clients' options take them."""
+    return round(seconds * 1000)

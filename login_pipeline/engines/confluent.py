@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional, cast
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicCollection, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource
 
+from login_pipeline import timeouts
 from login_pipeline.client import (
     AssignHandler,
     BatchReport,
@@ -39,10 +40,6 @@ from login_pipeline.routing import DEFAULT_MAX_REQUEST_SIZE, Headers, effective_
 log = logging.getLogger(__name__)
 client_log = logging.getLogger("librdkafka")
 
-DELIVERY_TIMEOUT_MS = 60_000
-ACK_TIMEOUT_S = 2 * DELIVERY_TIMEOUT_MS / 1000 + 30  # as the kafka-python engine: a refused record's copy included
-STARTUP_TIMEOUT_S = 15.0
-SESSION_TIMEOUT_MS = 10_000
 ACK_POLL_INTERVAL_S = 0.005
 LIBRDKAFKA_BATCH_BYTES = 1_000_000  # librdkafka's default batch.size
 # Refused for what the record is: retrying it would stall its partition.
@@ -66,7 +63,7 @@ def connect(
         {**producer_settings(config.output_bootstrap_servers), **security},
         config.output_topic,
         config.dlq_topic,
-        ACK_TIMEOUT_S,
+        timeouts.ACKNOWLEDGEMENT_TIMEOUT_S,
         size_limits,
     )
     source = ConfluentInput(
@@ -101,11 +98,11 @@ def consumer_settings(servers, group: str, security: dict) -> dict[str, Any]:
         "client.id": "login-processor",
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",  # nothing is skipped when a group starts
-        "session.timeout.ms": SESSION_TIMEOUT_MS,
-        "heartbeat.interval.ms": SESSION_TIMEOUT_MS // 4,
+        "session.timeout.ms": timeouts.ms(timeouts.SESSION_TIMEOUT_S),
+        "heartbeat.interval.ms": timeouts.ms(timeouts.HEARTBEAT_INTERVAL_S),
         # Eager, as the kafka-python engine: every partition is revoked, settled and committed at once.
         "partition.assignment.strategy": "range",
-        "reconnect.backoff.max.ms": 2_000,
+        "reconnect.backoff.max.ms": timeouts.ms(timeouts.RECONNECT_BACKOFF_MAX_S),
         "logger": client_log,
         **security,
     }
@@ -118,11 +115,11 @@ def producer_settings(servers) -> dict[str, Any]:
         "client.id": "login-processor",
         "acks": "all",
         "enable.idempotence": True,
-        "linger.ms": 5,
-        "delivery.timeout.ms": DELIVERY_TIMEOUT_MS,
+        "linger.ms": timeouts.ms(timeouts.LINGER_S),
+        "delivery.timeout.ms": timeouts.ms(timeouts.DELIVERY_TIMEOUT_S),
         "message.max.bytes": DEFAULT_MAX_REQUEST_SIZE,  # librdkafka's default is 1,000,000; Kafka's is 1 MiB
         "partitioner": "murmur2_random",  # Java's rule for keyed records
-        "reconnect.backoff.max.ms": 2_000,
+        "reconnect.backoff.max.ms": timeouts.ms(timeouts.RECONNECT_BACKOFF_MAX_S),
         "logger": client_log,
     }
 
@@ -145,11 +142,11 @@ def check_topics(where: Access, security: dict, topics: list[str], needed: str) 
     }
     admin = AdminClient(settings)
     futures = admin.describe_topics(
-        TopicCollection(topics), include_authorized_operations=True, request_timeout=STARTUP_TIMEOUT_S
+        TopicCollection(topics), include_authorized_operations=True, request_timeout=timeouts.STARTUP_TIMEOUT_S
     )
     for topic, future in futures.items():
         try:
-            described = future.result(timeout=STARTUP_TIMEOUT_S + 1)
+            described = future.result(timeout=timeouts.STARTUP_TIMEOUT_S + 1)
         except KafkaException as raised:
             error = raised.args[0]
             if error.code() in (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.UNKNOWN_TOPIC_OR_PART):
@@ -165,27 +162,25 @@ def check_topics(where: Access, security: dict, topics: list[str], needed: str) 
         return {}
     try:
         configs = admin.describe_configs(
-            [ConfigResource(ConfigResource.Type.TOPIC, topic) for topic in topics], request_timeout=STARTUP_TIMEOUT_S
+            [ConfigResource(ConfigResource.Type.TOPIC, topic) for topic in topics],
+            request_timeout=timeouts.STARTUP_TIMEOUT_S,
         )
         return {
-            resource.name: int(future.result(timeout=STARTUP_TIMEOUT_S)["max.message.bytes"].value)
+            resource.name: int(future.result(timeout=timeouts.STARTUP_TIMEOUT_S)["max.message.bytes"].value)
             for resource, future in configs.items()
         }
     except Exception as error:
         return unknown_size_limits(topics, error)
 
 
-PROBE_TIMEOUT_S = 2.0
-
-
 def topic_probe(servers: tuple[str, ...], security: dict, topic: str) -> Callable[[], bool]:
-    """A probe: does the cluster return `topic`'s metadata within PROBE_TIMEOUT_S? One admin client, kept."""
+    """A probe: does the cluster return `topic`'s metadata within timeouts.PROBE_TIMEOUT_S? One admin client, kept."""
     settings: dict[str, Any] = {"bootstrap.servers": ",".join(servers), "logger": client_log, **security}
     admin = AdminClient(settings)
 
     def probe() -> bool:
         try:
-            metadata = admin.list_topics(topic=topic, timeout=PROBE_TIMEOUT_S)
+            metadata = admin.list_topics(topic=topic, timeout=timeouts.PROBE_TIMEOUT_S)
         except KafkaException:
             return False
         return topic in metadata.topics and metadata.topics[topic].error is None

@@ -15,6 +15,7 @@ from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.errors import CommitFailedError, KafkaError, RetriableError, for_code
 from kafka.structs import OffsetAndMetadata
 
+from login_pipeline import timeouts
 from login_pipeline.client import (
     AssignHandler,
     CommitAnswerHandler,
@@ -34,13 +35,9 @@ from login_pipeline.routing import unknown_size_limits
 
 log = logging.getLogger(__name__)
 
-DELIVERY_TIMEOUT_MS = 60_000
-# The producer settles every record within its delivery timeout, and a refused one's dead-letter copy within another.
-ACK_TIMEOUT_S = 2 * DELIVERY_TIMEOUT_MS / 1000 + 30
-STARTUP_TIMEOUT_MS = 15_000
-SESSION_TIMEOUT_MS = 10_000
-# The default 30 s cap meant catching up 20 s after a broker came back; 2 s keeps recovery prompt.
-RECONNECT_BACKOFF_MAX_MS = 2_000
+RECONNECT_BACKOFF_MAX_MS = timeouts.ms(timeouts.RECONNECT_BACKOFF_MAX_S)
+STARTUP_TIMEOUT_MS = timeouts.ms(timeouts.STARTUP_TIMEOUT_S)
+PROBE_TIMEOUT_MS = timeouts.ms(timeouts.PROBE_TIMEOUT_S)
 
 
 def connect(
@@ -52,7 +49,7 @@ def connect(
             {**producer_settings(config.output_bootstrap_servers), **security},
             config.output_topic,
             config.dlq_topic,
-            ACK_TIMEOUT_S,
+            timeouts.ACKNOWLEDGEMENT_TIMEOUT_S,
             size_limits,
             config.log_format,
         )
@@ -87,9 +84,8 @@ def consumer_settings(servers, group: str, batch_size: int) -> dict:
         enable_auto_commit=False,
         auto_offset_reset="earliest",  # nothing is skipped when a group starts
         max_poll_records=batch_size,
-        # A crashed member's partitions wait this long for a new owner (the default is 45 s).
-        session_timeout_ms=SESSION_TIMEOUT_MS,
-        heartbeat_interval_ms=SESSION_TIMEOUT_MS // 4,
+        session_timeout_ms=timeouts.ms(timeouts.SESSION_TIMEOUT_S),
+        heartbeat_interval_ms=timeouts.ms(timeouts.HEARTBEAT_INTERVAL_S),
         reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
     )
 
@@ -101,15 +97,12 @@ def producer_settings(servers) -> dict:
         client_id="login-processor",
         acks="all",
         enable_idempotence=True,
-        linger_ms=5,
+        linger_ms=timeouts.ms(timeouts.LINGER_S),
         batch_size=256 * 1024,
-        delivery_timeout_ms=DELIVERY_TIMEOUT_MS,
+        delivery_timeout_ms=timeouts.ms(timeouts.DELIVERY_TIMEOUT_S),
         max_block_ms=30_000,
         reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
     )
-
-
-PROBE_TIMEOUT_MS = 2_000
 
 
 def topic_probe(servers: tuple[str, ...], security: dict, topic: str) -> Callable[[], bool]:
@@ -211,7 +204,7 @@ class KafkaPythonInput:
         return lags
 
     def close(self) -> None:
-        self._consumer.close(autocommit=False, timeout_ms=10_000)
+        self._consumer.close(autocommit=False, timeout_ms=timeouts.ms(timeouts.CLOSE_TIMEOUT_S))
 
 
 class _CommitBeforeRevoke(AsyncConsumerRebalanceListener):
