@@ -30,13 +30,14 @@ class RuleSettings:
 
 @dataclass(frozen=True)
 class AlertSettings:
-    """Thresholds and windows of the four rules (README "Alert rules" says where each default comes from)."""
+    """Thresholds and windows of the four rules; their defaults are the ALERT_* settings' (login_pipeline.config;
+    README "Alert rules" says where each comes from)."""
 
-    credential_stuffing: RuleSettings = RuleSettings(15, 900)  # distinct users from one ip in 15 min
-    locale_hopping: RuleSettings = RuleSettings(3, 3 * 3600)  # distinct locales of one user in 3 h
-    shared_device: RuleSettings = RuleSettings(10, 3600)  # distinct users of one device in 1 h
-    login_burst: RuleSettings = RuleSettings(20, 60)  # logins of one user in 1 min
-    capacity: int = 50_000  # subjects kept per rule
+    credential_stuffing: RuleSettings  # distinct users from one ip
+    locale_hopping: RuleSettings  # distinct locales of one user
+    shared_device: RuleSettings  # distinct users of one device
+    login_burst: RuleSettings  # logins of one user
+    capacity: int  # subjects kept per rule
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,11 @@ import os
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any, Callable, get_type_hints
 
 from dotenv import load_dotenv
 
-from login_pipeline.alerts import AlertSettings, RuleSettings
+from login_pipeline.alerts import AlertSettings
 
 KAFKA_PYTHON = "kafka-python"
 KAFKA_CLIENTS = (KAFKA_PYTHON, "confluent-kafka")
@@ -54,66 +55,230 @@ class ConfigError(ValueError):
     """A setting is missing or invalid; str() is the one line shown to the user."""
 
 
+Parser = Callable[[str, str], Any]  # (the setting's name, its text) -> its value; ConfigError if invalid
+
+
 @dataclass(frozen=True)
 class Setting:
-    env: str
-    default: str | None
-    help: str
-    secret: bool = False
+    """One setting, declared once: everything else (the flags, `--help`, the Config record and its
+    defaults) is derived from SETTINGS. `field` is where its value goes in Config, dotted into the
+    records it holds (default: the name in lower case)."""
 
+    env: str
+    default: str | None  # None: unset unless given
+    help: str
+    parse: Parser
+    secret: bool = False
+    field: str = ""
+
+    @property
+    def path(self) -> str:
+        return self.field or self.env.lower()
+
+
+def _whole_number(minimum: int, maximum: int) -> Parser:
+    def parse(name: str, value: str) -> int:
+        if not _WHOLE_NUMBER.match(value) or not minimum <= int(value) <= maximum:
+            raise ConfigError(f"{name}={_shown(value)} must be a whole number from {minimum} to {maximum:,}")
+        return int(value)
+
+    return parse
+
+
+def _one_of(choices: tuple[str, ...], fold=str.lower) -> Parser:
+    """`value` folded (ASCII only: Unicode case mapping turns "ſasl_ssl" into "SASL_SSL") if it is one of `choices`."""
+
+    def parse(name: str, value: str) -> str:
+        folded = fold(value) if value.isascii() else value
+        if folded not in choices:
+            raise ConfigError(f"{name}={_shown(value)} is not one of {', '.join(choices)}")
+        return folded
+
+    return parse
+
+
+def _on_off(name: str, value: str) -> bool:
+    return _one_of(ON_OFF)(name, value) == "on"
+
+
+def _servers(name: str, value: str) -> tuple[str, ...]:
+    servers = tuple(part.strip() for part in value.split(","))
+    for server in servers:
+        match = _SERVER.match(server)
+        if not match or not 0 < int(match.group(2)) < 65536:
+            raise ConfigError(f"{name}={_shown(value)}: {_shown(server)} is not host:port")
+    return servers
+
+
+def _name(name: str, value: str) -> str:
+    if not _TOPIC.match(value):
+        raise ConfigError(f"{name}={_shown(value)} must be 1-249 letters, digits, '.', '_' or '-'")
+    return value
+
+
+def _pii_key(name: str, value: str) -> bytes:
+    if len(value.encode()) < MIN_PII_KEY_BYTES:
+        raise ConfigError(
+            f"{name} must be at least {MIN_PII_KEY_BYTES} bytes; "
+            "generate one with: python -c 'import secrets; print(secrets.token_hex(32))'"
+        )
+    return value.encode()
+
+
+def _text(_name: str, value: str) -> str:
+    return value
+
+
+def _ascii_upper(_name: str, value: str) -> str:
+    # Unicode case mapping would turn "ſcram-sha-512" into "SCRAM-SHA-512"; only ASCII spellings are accepted.
+    return value.upper() if value.isascii() else value
+
+
+def _file(name: str, value: str) -> str:
+    if not Path(value).is_file():
+        raise ConfigError(f"{name}={_shown(value)} is not a readable file")
+    return value
+
+
+def _port(name: str, value: str) -> int:
+    if not _WHOLE_NUMBER.match(value) or int(value) > 65535:
+        raise ConfigError(f"{name}={_shown(value)} must be a port number from 0 (off) to 65535")
+    return int(value)
+
+
+def _host(name: str, value: str) -> str:
+    if not _HOST.match(value):
+        raise ConfigError(f"{name}={_shown(value)} is not a host name or an IP address")
+    return value
+
+
+_THRESHOLD = _whole_number(2, MAX_ALERT_THRESHOLD)  # 2 at least: 1 would flag every login
+_ALERT_WINDOW = _whole_number(1, MAX_ALERT_WINDOW_S)
 
 SETTINGS = (
-    Setting("INPUT_BOOTSTRAP_SERVERS", "localhost:29092", "input cluster, host:port[,host:port...]"),
-    Setting("OUTPUT_BOOTSTRAP_SERVERS", "localhost:29093", "output cluster, host:port[,host:port...]"),
-    Setting("INPUT_TOPIC", "user-login", "topic to consume login events from"),
-    Setting("OUTPUT_TOPIC", "processed-logins", "topic for processed events (output cluster)"),
-    Setting("DLQ_TOPIC", "user-login-dlq", "dead-letter topic for rejected events (output cluster)"),
-    Setting("CONSUMER_GROUP", "login-processor", "consumer group; processes in one group share partitions"),
+    Setting("INPUT_BOOTSTRAP_SERVERS", "localhost:29092", "input cluster, host:port[,host:port...]", _servers),
+    Setting("OUTPUT_BOOTSTRAP_SERVERS", "localhost:29093", "output cluster, host:port[,host:port...]", _servers),
+    Setting("INPUT_TOPIC", "user-login", "topic to consume login events from", _name),
+    Setting("OUTPUT_TOPIC", "processed-logins", "topic for processed events (output cluster)", _name),
+    Setting("DLQ_TOPIC", "user-login-dlq", "dead-letter topic for rejected events (output cluster)", _name),
+    Setting("CONSUMER_GROUP", "login-processor", "consumer group; processes in one group share partitions", _name),
     Setting(
         "PII_HASH_KEY",
         None,
         f"HMAC-SHA-256 key for ip and device_id, at least {MIN_PII_KEY_BYTES} bytes; "
         "unset: a random key per process (hashes then differ between runs)",
+        _pii_key,
         secret=True,
     ),
-    Setting("INSIGHTS_EVERY", "100", "print insights every N messages"),
-    Setting("BATCH_SIZE", "2000", "most records polled, produced and committed as one batch"),
+    Setting("INSIGHTS_EVERY", "100", "print insights every N messages", _whole_number(1, MAX_INSIGHTS_EVERY)),
+    Setting(
+        "BATCH_SIZE",
+        "2000",
+        "most records polled, produced and committed as one batch",
+        _whole_number(1, MAX_BATCH_SIZE),
+    ),
     Setting(
         "KAFKA_CLIENT",
         KAFKA_PYTHON,
         f"client library: {' or '.join(KAFKA_CLIENTS)} (librdkafka; pip install -r requirements-confluent.txt)",
+        _one_of(KAFKA_CLIENTS),
     ),
-    Setting("SECURITY_PROTOCOL", "PLAINTEXT", f"both clusters: one of {', '.join(SECURITY_PROTOCOLS)}"),
-    Setting("SASL_MECHANISM", None, f"with SASL_*: one of {', '.join(SASL_MECHANISMS)}"),
-    Setting("SASL_USERNAME", None, "with SASL_*: user name"),
-    Setting("SASL_PASSWORD", None, "with SASL_*: password", secret=True),
-    Setting("SSL_CAFILE", None, "with SSL or SASL_SSL: CA certificate file (PEM) to verify the brokers"),
-    Setting("METRICS_PORT", "9400", "port of /metrics, /livez and /readyz; 0 turns them off"),
-    Setting("METRICS_HOST", "127.0.0.1", "address they listen on (0.0.0.0 in a container)"),
+    Setting(
+        "SECURITY_PROTOCOL",
+        "PLAINTEXT",
+        f"both clusters: one of {', '.join(SECURITY_PROTOCOLS)}",
+        _one_of(SECURITY_PROTOCOLS, str.upper),
+    ),
+    Setting("SASL_MECHANISM", None, f"with SASL_*: one of {', '.join(SASL_MECHANISMS)}", _ascii_upper),
+    Setting("SASL_USERNAME", None, "with SASL_*: user name", _text),
+    Setting("SASL_PASSWORD", None, "with SASL_*: password", _text, secret=True),
+    Setting("SSL_CAFILE", None, "with SSL or SASL_SSL: CA certificate file (PEM) to verify the brokers", _file),
+    Setting("METRICS_PORT", "9400", "port of /metrics, /livez and /readyz; 0 turns them off", _port),
+    Setting("METRICS_HOST", "127.0.0.1", "address they listen on (0.0.0.0 in a container)", _host),
     Setting(
         "LIVENESS_TIMEOUT_S",
         str(DEFAULT_LIVENESS_TIMEOUT_S),
         "seconds the run loop may go without coming round before /livez answers 503",
+        _whole_number(1, MAX_LIVENESS_TIMEOUT_S),
     ),
-    Setting("LOG_FORMAT", "text", f"logs on stderr: {' or '.join(LOG_FORMATS)} (one JSON object per line)"),
-    Setting("LIVE_INSIGHTS", "on", "windows, alerts, /api and the dashboard: on or off"),
-    Setting("INSIGHTS_TOPIC", "login-insights", "topic for closed windows' summaries (output cluster)"),
-    Setting("ALERTS_TOPIC", "login-alerts", "topic for suspicious-login alerts (output cluster)"),
-    Setting("WINDOW_SIZE_S", "60", "length of the event-time tumbling windows, seconds"),
-    Setting("WINDOW_GRACE_S", "10", "how long past its end a window still takes late events, seconds (0: none)"),
-    Setting("WINDOW_IDLE_S", "30", "with no input for this long, windows past end + grace close by wall clock"),
+    Setting(
+        "LOG_FORMAT",
+        "text",
+        f"logs on stderr: {' or '.join(LOG_FORMATS)} (one JSON object per line)",
+        _one_of(LOG_FORMATS),
+    ),
+    Setting("LIVE_INSIGHTS", "on", "windows, alerts, /api and the dashboard: on or off", _on_off),
+    Setting("INSIGHTS_TOPIC", "login-insights", "topic for closed windows' summaries (output cluster)", _name),
+    Setting("ALERTS_TOPIC", "login-alerts", "topic for suspicious-login alerts (output cluster)", _name),
+    Setting(
+        "WINDOW_SIZE_S",
+        "60",
+        "length of the event-time tumbling windows, seconds",
+        _whole_number(1, MAX_WINDOW_S),
+        field="windows.size_s",
+    ),
+    Setting(
+        "WINDOW_GRACE_S",
+        "10",
+        "how long past its end a window still takes late events, seconds (0: none)",
+        _whole_number(0, MAX_WINDOW_S),
+        field="windows.grace_s",
+    ),
+    Setting(
+        "WINDOW_IDLE_S",
+        "30",
+        "with no input for this long, windows past end + grace close by wall clock",
+        _whole_number(1, MAX_WINDOW_S),
+        field="windows.idle_s",
+    ),
     *(
-        Setting(env, str(default), help)
-        for env, default, help in (
-            ("ALERT_STUFFING_USERS", 15, "credential stuffing: distinct users from one ip ..."),
-            ("ALERT_STUFFING_WINDOW_S", 900, "... within this many seconds"),
-            ("ALERT_LOCALES", 3, "locale hopping: distinct locales of one user ..."),
-            ("ALERT_LOCALES_WINDOW_S", 10_800, "... within this many seconds"),
-            ("ALERT_DEVICE_USERS", 10, "shared device: distinct users of one device ..."),
-            ("ALERT_DEVICE_WINDOW_S", 3_600, "... within this many seconds"),
-            ("ALERT_BURST_LOGINS", 20, "login burst: logins of one user ..."),
-            ("ALERT_BURST_WINDOW_S", 60, "... within this many seconds"),
-            ("ALERT_STATE_KEYS", 50_000, "ips, devices or users each rule remembers; least recent go first"),
+        Setting(env, str(default), help, parse, field=f"alerts.{field}")
+        for env, default, help, parse, field in (
+            (
+                "ALERT_STUFFING_USERS",
+                15,
+                "credential stuffing: distinct users from one ip ...",
+                _THRESHOLD,
+                "credential_stuffing.threshold",
+            ),
+            (
+                "ALERT_STUFFING_WINDOW_S",
+                900,
+                "... within this many seconds",
+                _ALERT_WINDOW,
+                "credential_stuffing.window_s",
+            ),
+            (
+                "ALERT_LOCALES",
+                3,
+                "locale hopping: distinct locales of one user ...",
+                _THRESHOLD,
+                "locale_hopping.threshold",
+            ),
+            (
+                "ALERT_LOCALES_WINDOW_S",
+                10_800,
+                "... within this many seconds",
+                _ALERT_WINDOW,
+                "locale_hopping.window_s",
+            ),
+            (
+                "ALERT_DEVICE_USERS",
+                10,
+                "shared device: distinct users of one device ...",
+                _THRESHOLD,
+                "shared_device.threshold",
+            ),
+            ("ALERT_DEVICE_WINDOW_S", 3_600, "... within this many seconds", _ALERT_WINDOW, "shared_device.window_s"),
+            ("ALERT_BURST_LOGINS", 20, "login burst: logins of one user ...", _THRESHOLD, "login_burst.threshold"),
+            ("ALERT_BURST_WINDOW_S", 60, "... within this many seconds", _ALERT_WINDOW, "login_burst.window_s"),
+            (
+                "ALERT_STATE_KEYS",
+                50_000,
+                "ips, devices or users each rule remembers; least recent go first",
+                _whole_number(1, MAX_STATE_KEYS),
+                "capacity",
+            ),
         )
     ),
 )
@@ -121,6 +286,8 @@ SETTINGS = (
 
 @dataclass(frozen=True)
 class Config:
+    """Every setting's value, each field set by one of SETTINGS (no defaults here: they are SETTINGS')."""
+
     input_bootstrap_servers: tuple[str, ...]
     output_bootstrap_servers: tuple[str, ...]
     input_topic: str
@@ -136,24 +303,20 @@ class Config:
     sasl_username: str | None
     sasl_password: str | None
     ssl_cafile: str | None
-    metrics_port: int = 0
-    metrics_host: str = "127.0.0.1"
-    liveness_timeout_s: int = DEFAULT_LIVENESS_TIMEOUT_S
-    log_format: str = "text"
-    live_insights: bool = False
-    insights_topic: str = "login-insights"
-    alerts_topic: str = "login-alerts"
-    windows: WindowSettings = WindowSettings(60, 10, 30)
-    alerts: AlertSettings = AlertSettings()
+    metrics_port: int
+    metrics_host: str
+    liveness_timeout_s: int
+    log_format: str
+    live_insights: bool
+    insights_topic: str
+    alerts_topic: str
+    windows: WindowSettings
+    alerts: AlertSettings
 
     def __repr__(self) -> str:  # secrets stay out of logs and tracebacks
+        secret = {setting.path for setting in SETTINGS if setting.secret}
         shown = {
-            f.name: (
-                "***"
-                if f.name in ("pii_hash_key", "sasl_password") and getattr(self, f.name)
-                else getattr(self, f.name)
-            )
-            for f in fields(self)
+            f.name: "***" if f.name in secret and getattr(self, f.name) else getattr(self, f.name) for f in fields(self)
         }
         return f"Config({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
@@ -194,125 +357,44 @@ def _pick(flag: str | None, env: str | None, default: str | None) -> str | None:
 
 
 def validate(raw: dict[str, str | None]) -> Config:
-    text = {name: value for name, value in raw.items() if value is not None}  # every setting with a default
-    protocol = _ascii_upper(text["SECURITY_PROTOCOL"])
-    if protocol not in SECURITY_PROTOCOLS:
-        raise ConfigError(
-            f"SECURITY_PROTOCOL={_shown(text['SECURITY_PROTOCOL'])} is not one of {', '.join(SECURITY_PROTOCOLS)}"
-        )
-    mechanism = _ascii_upper(raw["SASL_MECHANISM"]) if raw["SASL_MECHANISM"] else None
+    """Each setting parsed by its own parser, then the rules that hold between settings."""
+    values: dict[str, Any] = {s.env: _parsed(s, raw[s.env]) for s in SETTINGS}
+    protocol: str = values["SECURITY_PROTOCOL"]
     if protocol.startswith("SASL"):
-        if mechanism not in SASL_MECHANISMS:
+        if values["SASL_MECHANISM"] not in SASL_MECHANISMS:
             raise ConfigError(f"SASL_MECHANISM must be one of {', '.join(SASL_MECHANISMS)} with {protocol}")
         for name in ("SASL_USERNAME", "SASL_PASSWORD"):
-            if not raw[name]:
+            if not values[name]:
                 raise ConfigError(f"{name} is required with SECURITY_PROTOCOL={protocol}")
-    client = _one_of("KAFKA_CLIENT", text["KAFKA_CLIENT"], KAFKA_CLIENTS)
-    if raw["SSL_CAFILE"] and not Path(raw["SSL_CAFILE"]).is_file():
-        raise ConfigError(f"SSL_CAFILE={_shown(raw['SSL_CAFILE'])} is not a readable file")
-
-    names = ("INPUT_TOPIC", "OUTPUT_TOPIC", "DLQ_TOPIC", "INSIGHTS_TOPIC", "ALERTS_TOPIC", "CONSUMER_GROUP")
-    topics = {name: text[name] for name in names}
-    for name, value in topics.items():
-        if not _TOPIC.match(value):
-            raise ConfigError(f"{name}={_shown(value)} must be 1-249 letters, digits, '.', '_' or '-'")
     written = ("OUTPUT_TOPIC", "DLQ_TOPIC", "INSIGHTS_TOPIC", "ALERTS_TOPIC")
     for index, name in enumerate(written):
         for other in written[index + 1 :]:
-            if topics[name] == topics[other]:
+            if values[name] == values[other]:
                 raise ConfigError(f"{name} and {other} must differ, or one kind of record would pass for another")
-
-    key = raw["PII_HASH_KEY"]
-    if key is not None and len(key.encode()) < MIN_PII_KEY_BYTES:
-        raise ConfigError(
-            f"PII_HASH_KEY must be at least {MIN_PII_KEY_BYTES} bytes; "
-            "generate one with: python -c 'import secrets; print(secrets.token_hex(32))'"
-        )
-
-    return Config(
-        input_bootstrap_servers=_servers("INPUT_BOOTSTRAP_SERVERS", text["INPUT_BOOTSTRAP_SERVERS"]),
-        output_bootstrap_servers=_servers("OUTPUT_BOOTSTRAP_SERVERS", text["OUTPUT_BOOTSTRAP_SERVERS"]),
-        input_topic=topics["INPUT_TOPIC"],
-        output_topic=topics["OUTPUT_TOPIC"],
-        dlq_topic=topics["DLQ_TOPIC"],
-        consumer_group=topics["CONSUMER_GROUP"],
-        pii_hash_key=key.encode() if key is not None else None,
-        insights_every=_whole_number("INSIGHTS_EVERY", text["INSIGHTS_EVERY"], MAX_INSIGHTS_EVERY),
-        batch_size=_whole_number("BATCH_SIZE", text["BATCH_SIZE"], MAX_BATCH_SIZE),
-        kafka_client=client,
-        security_protocol=protocol,
-        sasl_mechanism=mechanism,
-        sasl_username=raw["SASL_USERNAME"],
-        sasl_password=raw["SASL_PASSWORD"],
-        ssl_cafile=raw["SSL_CAFILE"],
-        metrics_port=_port(text["METRICS_PORT"]),
-        metrics_host=_host(text["METRICS_HOST"]),
-        liveness_timeout_s=_whole_number("LIVENESS_TIMEOUT_S", text["LIVENESS_TIMEOUT_S"], MAX_LIVENESS_TIMEOUT_S),
-        log_format=_one_of("LOG_FORMAT", text["LOG_FORMAT"], LOG_FORMATS),
-        live_insights=_one_of("LIVE_INSIGHTS", text["LIVE_INSIGHTS"], ON_OFF) == "on",
-        insights_topic=topics["INSIGHTS_TOPIC"],
-        alerts_topic=topics["ALERTS_TOPIC"],
-        windows=WindowSettings(
-            _whole_number("WINDOW_SIZE_S", text["WINDOW_SIZE_S"], MAX_WINDOW_S),
-            _whole_number("WINDOW_GRACE_S", text["WINDOW_GRACE_S"], MAX_WINDOW_S, minimum=0),
-            _whole_number("WINDOW_IDLE_S", text["WINDOW_IDLE_S"], MAX_WINDOW_S),
-        ),
-        alerts=AlertSettings(
-            credential_stuffing=_rule(text, "STUFFING_USERS", "STUFFING_WINDOW_S"),
-            locale_hopping=_rule(text, "LOCALES", "LOCALES_WINDOW_S"),
-            shared_device=_rule(text, "DEVICE_USERS", "DEVICE_WINDOW_S"),
-            login_burst=_rule(text, "BURST_LOGINS", "BURST_WINDOW_S"),
-            capacity=_whole_number("ALERT_STATE_KEYS", text["ALERT_STATE_KEYS"], MAX_STATE_KEYS),
-        ),
-    )
+    return _record(Config, {setting.path: values[setting.env] for setting in SETTINGS})
 
 
-def _rule(text: dict[str, str], threshold: str, window: str) -> RuleSettings:
-    """A rule's threshold (2 at least: 1 would flag every login) and window, from ALERT_<name> settings."""
-    return RuleSettings(
-        _whole_number(f"ALERT_{threshold}", text[f"ALERT_{threshold}"], MAX_ALERT_THRESHOLD, minimum=2),
-        _whole_number(f"ALERT_{window}", text[f"ALERT_{window}"], MAX_ALERT_WINDOW_S),
-    )
+def _parsed(setting: Setting, text: str | None) -> Any:
+    return None if text is None else setting.parse(setting.env, text)
 
 
-def _servers(name: str, value: str) -> tuple[str, ...]:
-    servers = tuple(part.strip() for part in value.split(","))
-    for server in servers:
-        match = _SERVER.match(server)
-        if not match or not 0 < int(match.group(2)) < 65536:
-            raise ConfigError(f"{name}={_shown(value)}: {_shown(server)} is not host:port")
-    return servers
+def defaults() -> Config:
+    """The configuration with every setting at its default."""
+    return validate({setting.env: setting.default for setting in SETTINGS})
 
 
-def _whole_number(name: str, value: str, maximum: int, minimum: int = 1) -> int:
-    if not _WHOLE_NUMBER.match(value) or not minimum <= int(value) <= maximum:
-        raise ConfigError(f"{name}={_shown(value)} must be a whole number from {minimum} to {maximum:,}")
-    return int(value)
-
-
-def _port(value: str) -> int:
-    if not _WHOLE_NUMBER.match(value) or int(value) > 65535:
-        raise ConfigError(f"METRICS_PORT={_shown(value)} must be a port number from 0 (off) to 65535")
-    return int(value)
-
-
-def _host(value: str) -> str:
-    if not _HOST.match(value):
-        raise ConfigError(f"METRICS_HOST={_shown(value)} is not a host name or an IP address")
-    return value
-
-
-def _one_of(name: str, value: str, choices: tuple[str, ...]) -> str:
-    """`value` folded to lower case (ASCII only, as _ascii_upper) if it is one of `choices`."""
-    folded = value.lower() if value.isascii() else value
-    if folded not in choices:
-        raise ConfigError(f"{name}={_shown(value)} is not one of {', '.join(choices)}")
-    return folded
-
-
-def _ascii_upper(value: str) -> str:
-    # Unicode case mapping would turn "ſasl_ssl" into "SASL_SSL"; only ASCII spellings are accepted.
-    return value.upper() if value.isascii() else value
+def _record(kind: type, values: dict[str, Any]) -> Any:
+    """`kind` built from values by dotted field path: "windows.size_s" goes to the WindowSettings it holds."""
+    direct: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for path, value in values.items():
+        head, _, rest = path.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            direct[head] = value
+    hints = get_type_hints(kind)
+    return kind(**direct, **{head: _record(hints[head], inner) for head, inner in nested.items()})
 
 
 def _shown(value: str) -> str:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 
 import jsonschema
 
 from kafka_consumer_processor import process_message
 from login_pipeline.alerts import AlertRules, AlertSettings, KeyedState, RuleSettings
+from login_pipeline.config import defaults
 from login_pipeline.live import SCHEMAS
 from login_pipeline.results import ProcessingResult
 
@@ -35,8 +37,13 @@ def pseudonym(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
+def settings(**overrides) -> AlertSettings:
+    """The ALERT_* settings' defaults, with `overrides`."""
+    return replace(defaults().alerts, **overrides)
+
+
 def rules(**overrides: RuleSettings) -> AlertRules:
-    return AlertRules(AlertSettings(**overrides), pseudonym)
+    return AlertRules(settings(**overrides), pseudonym)
 
 
 def fired(alert_rules: AlertRules, logins: list[ProcessingResult]) -> list[tuple[str, int]]:
@@ -205,7 +212,7 @@ def test_a_subject_seen_again_moves_to_the_young_generation_and_outlives_the_oth
 
 
 def test_a_subject_seen_again_keeps_its_evidence():
-    alert_rules = AlertRules(AlertSettings(capacity=4), pseudonym)
+    alert_rules = AlertRules(settings(capacity=4), pseudonym)
     alert_rules.observe([login(T0, user="u0", ip="192.0.2.1")])
     alert_rules.observe([login(T0 + 1, user=f"u{n}", ip=f"192.0.2.{n}") for n in (2, 3)])
     alert_rules.observe([login(T0 + 2, user="u9", ip="192.0.2.1")])
@@ -216,7 +223,7 @@ def test_a_subject_seen_again_keeps_its_evidence():
 def test_distinct_users_and_ips_beyond_capacity_keep_each_rule_at_its_capacity():
     """make bench measures the memory over a million; here, the rule that keeps it flat."""
     capacity = 1_000
-    alert_rules = AlertRules(AlertSettings(capacity=capacity), pseudonym)
+    alert_rules = AlertRules(settings(capacity=capacity), pseudonym)
     batch = []
     for n in range(12_000):
         batch.append(
@@ -232,7 +239,7 @@ def test_distinct_users_and_ips_beyond_capacity_keep_each_rule_at_its_capacity()
 
 
 def test_an_eviction_can_cost_an_alert_but_never_invents_one():
-    alert_rules = AlertRules(AlertSettings(capacity=5), pseudonym)
+    alert_rules = AlertRules(settings(capacity=5), pseudonym)
     events = []
     for n in range(15):
         events.append(login(T0 + n, user=f"victim{n}", ip="203.0.113.7"))

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from login_pipeline.config import SETTINGS, ConfigError, load
+from login_pipeline.config import SETTINGS, ConfigError, defaults, load
 from login_pipeline.engines.kafka_python import client_security
 
 
@@ -209,3 +209,26 @@ def test_the_live_insights_settings_reach_the_windows_and_rules():
     )
     assert config.windows.grace_s == 0 and not config.live_insights
     assert (config.alerts.credential_stuffing.threshold, config.alerts.credential_stuffing.window_s) == (2, 60)
+
+
+def test_the_readme_configuration_table_lists_every_setting_with_its_declared_default():
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    table = readme.split("## Configuration", 1)[1].split("\n\n| setting | default | meaning |\n|---|---|---|\n", 1)[1]
+    documented = {}
+    for row in table.split("\n\n", 1)[0].splitlines():
+        names, shown_defaults = row.split(" | ")[0:2]
+        names_list = [name.strip(" |`") for name in names.split(",")]
+        defaults_list = [value.strip(" `") for value in shown_defaults.split(",")]
+        if len(defaults_list) == 1:
+            defaults_list *= len(names_list)
+        documented.update(zip(names_list, defaults_list))
+    assert set(documented) == {setting.env for setting in SETTINGS}
+    for setting in SETTINGS:
+        assert documented[setting.env] == (setting.default or "unset"), setting.env
+
+
+def test_every_config_field_is_set_by_exactly_one_setting():
+    paths = [setting.path for setting in SETTINGS]
+    assert len(paths) == len(set(paths))
+    config = defaults()  # a field no setting sets has no default here: building the record would fail
+    assert config.windows.size_s == 60 and config.alerts.login_burst.window_s == 60 and config.metrics_port == 9400
