@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import itertools
 import logging
-import multiprocessing
 import operator
-import signal
 import threading
 from multiprocessing.connection import Connection
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional, Union
 
-from login_pipeline import engines, gc_tuning, logs
+from login_pipeline import engines, gc_tuning
+from login_pipeline.child_process import Child, Close
 from login_pipeline.client import Publisher, StartupError
 from login_pipeline.config import Config
 from login_pipeline.live import LiveInsights, instance_name
@@ -56,6 +55,51 @@ _FIELDS_OF = operator.itemgetter(*FIELDS)
 TICK_S = 0.5
 START_TIMEOUT_S = 30.0
 ANSWER_TIMEOUT_S = 5.0
+CLOSE_TIMEOUT_S = 15.0  # the child flushes its publisher, within its own 5 s
+
+# The messages between the run loop and the live child (login_pipeline.child_process).
+
+
+class Batch(NamedTuple):
+    """Parent to child: a delivered batch, as rows of the login fields (FIELDS) and rejections by index."""
+
+    rows: list[tuple[Any, ...]]
+    rejections: dict[int, str]
+    spans: list[Span]
+    processed_at: float
+
+
+class Assigned(NamedTuple):
+    partitions: set[int]
+
+
+class Start(NamedTuple):
+    """Question: start the publisher and the windows; answered "ready", or why not."""
+
+
+class Flush(NamedTuple):
+    """Question: publish the open windows as partials, waiting at most `timeout_s`; answered "flushed"."""
+
+    reason: str
+    timeout_s: float
+
+
+class Snapshot(NamedTuple):
+    """Question: what /api/insights shows of this process; answered with a dict."""
+
+
+class Ask(NamedTuple):
+    """Parent to child: a question, numbered so that a late answer is recognised and dropped."""
+
+    number: int
+    question: Union[Start, Flush, Snapshot]
+
+
+class Answer(NamedTuple):
+    """Child to parent."""
+
+    number: int
+    value: Any
 
 
 class LiveProcess:
@@ -68,20 +112,14 @@ class LiveProcess:
         publisher_factory: Callable[[Config], Publisher] = engines.live_publisher,
     ) -> None:
         """Start the child and wait until its publisher is up; StartupError says why not."""
-        context = multiprocessing.get_context("spawn")  # no threads or sockets inherited from the parent
-        self._connection, child_end = context.Pipe()
-        self._process = context.Process(
-            target=_serve,
-            args=(child_end, config, pseudonymize, publisher_factory, instance_name()),
-            name="login-live",
-            daemon=True,
+        self._child = Child(
+            _serve, (config, pseudonymize, publisher_factory, instance_name()), "login-live", config.log_format
         )
-        self._process.start()
-        child_end.close()
+        self._connection = self._child.connection
         self._lock = threading.Lock()  # the run loop and HTTP threads share the pipe
         self._requests = itertools.count()
         self._gone = False
-        answer = self._ask(("start",), START_TIMEOUT_S)
+        answer = self._ask(Start(), START_TIMEOUT_S)
         if answer != "ready":
             self.close()
             raise StartupError(f"the live insights could not start: {answer or 'their process did not answer'}")
@@ -93,36 +131,27 @@ class LiveProcess:
             for index, result in enumerate(results)
             if result.__class__ is not ProcessedLogin
         }
-        self._tell(("batch", rows, rejections, spans, processed_at))
+        self._tell(Batch(rows, rejections, spans, processed_at))
 
     def assigned(self, partitions: set[int]) -> None:
-        self._tell(("assigned", partitions))
+        self._tell(Assigned(partitions))
 
     def tick(self) -> None:
         pass  # the child ticks by itself
 
     def flush(self, reason: str, timeout_s: float) -> None:
-        self._ask(("flush", reason, timeout_s), timeout_s + ANSWER_TIMEOUT_S)
+        self._ask(Flush(reason, timeout_s), timeout_s + ANSWER_TIMEOUT_S)
 
     def snapshot(self) -> dict[str, Any]:
-        answer = self._ask(("snapshot",), ANSWER_TIMEOUT_S)
+        answer = self._ask(Snapshot(), ANSWER_TIMEOUT_S)
         return answer if isinstance(answer, dict) else {}
 
     def close(self) -> None:
-        with self._lock:
-            if not self._gone:
-                try:
-                    self._connection.send(("close",))
-                except OSError:
-                    pass
+        with self._lock:  # from here on no thread uses the pipe: the child may be stopped outside the lock
             self._gone = True
-        self._process.join(timeout=15)
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join()
-        self._connection.close()
+        self._child.stop(CLOSE_TIMEOUT_S)
 
-    def _tell(self, message: tuple) -> None:
+    def _tell(self, message: Union[Batch, Assigned]) -> None:
         with self._lock:
             if self._gone:
                 return
@@ -131,22 +160,22 @@ class LiveProcess:
             except OSError as error:
                 self._lost(f"its process is gone ({type(error).__name__})")
 
-    def _ask(self, message: tuple, timeout_s: float) -> Any:
-        """Send a request, wait for its answer (at most `timeout_s`); None when none came."""
+    def _ask(self, question: Union[Start, Flush, Snapshot], timeout_s: float) -> Any:
+        """Send a question, wait for its answer (at most `timeout_s`); None when none came."""
         with self._lock:
             if self._gone:
                 return None
             number = next(self._requests)
             try:
-                self._connection.send(("ask", number, *message))
+                self._connection.send(Ask(number, question))
                 while self._connection.poll(timeout_s):
-                    answered, answer = self._connection.recv()
-                    if answered == number:
-                        return answer
+                    answer = self._connection.recv()
+                    if isinstance(answer, Answer) and answer.number == number:
+                        return answer.value
             except (OSError, EOFError) as error:
                 self._lost(f"its process is gone ({type(error).__name__})")
                 return None
-            log.warning("the live insights did not answer %r within %.0f s", message[0], timeout_s)
+            log.warning("the live insights did not answer %s within %.0f s", type(question).__name__, timeout_s)
             return None
 
     def _lost(self, why: str) -> None:
@@ -162,10 +191,7 @@ def _serve(
     publisher_factory: Callable[[Config], Publisher],
     instance: str,
 ) -> None:
-    """The child: a LiveInsights fed by the parent's messages, until it closes the pipe."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    logs.configure(config.log_format)
+    """The child: a LiveInsights fed by the parent's messages, until Close or the parent is gone."""
     live: Optional[LiveInsights] = None
     try:
         while True:
@@ -174,28 +200,27 @@ def _serve(
                     message = connection.recv()
                 except (EOFError, OSError):
                     return  # the parent is gone
-                kind = message[0]
-                if kind == "close":
+                if isinstance(message, Close):
                     return
-                if kind == "ask":
-                    number, question = message[1], message[2]
-                    if question == "start":
+                if isinstance(message, Ask):
+                    question = message.question
+                    if isinstance(question, Start):
                         try:
                             live = LiveInsights(config, publisher_factory(config), pseudonymize, instance=instance)
-                            connection.send((number, "ready"))
+                            connection.send(Answer(message.number, "ready"))
                             gc_tuning.settle()
                         except Exception as error:  # said in the parent's one line
-                            connection.send((number, f"{type(error).__name__}: {error}"))
+                            connection.send(Answer(message.number, f"{type(error).__name__}: {error}"))
                             return
-                    elif live is not None and question == "flush":
-                        live.flush(message[3], message[4])
-                        connection.send((number, "flushed"))
-                    elif live is not None and question == "snapshot":
-                        connection.send((number, live.snapshot()))
-                elif live is not None and kind == "batch":
-                    live.observe(_rebuilt(*message[1:3]), message[3], message[4])
-                elif live is not None and kind == "assigned":
-                    live.assigned(message[1])
+                    elif live is not None and isinstance(question, Flush):
+                        live.flush(question.reason, question.timeout_s)
+                        connection.send(Answer(message.number, "flushed"))
+                    elif live is not None and isinstance(question, Snapshot):
+                        connection.send(Answer(message.number, live.snapshot()))
+                elif live is not None and isinstance(message, Batch):
+                    live.observe(_rebuilt(message.rows, message.rejections), message.spans, message.processed_at)
+                elif live is not None and isinstance(message, Assigned):
+                    live.assigned(message.partitions)
             if live is not None:
                 live.tick()
     finally:

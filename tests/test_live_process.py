@@ -52,8 +52,8 @@ def test_a_batch_is_counted_in_the_child_as_it_would_be_in_the_run_loop(live):
 
 
 def test_a_child_that_dies_stops_the_live_insights_and_nothing_else(live, caplog):
-    live._process.kill()
-    live._process.join()
+    live._child._process.kill()
+    live._child._process.join()
     with caplog.at_level(logging.ERROR):
         live.observe(batch(), [(0, 21)], T0 + 30)
         live.flush("stop", 1.0)

@@ -23,14 +23,12 @@ output process has reported that every record of the batch was acknowledged by t
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
-import signal
 import socket
 import struct
 from collections import deque
 from multiprocessing.connection import Connection
-from typing import NamedTuple, Optional, cast
+from typing import NamedTuple, Optional, TypeVar, Union, cast
 
 from kafka import KafkaProducer
 from kafka.errors import (
@@ -43,15 +41,18 @@ from kafka.errors import (
     SaslAuthenticationFailedError,
 )
 
-from login_pipeline import gc_tuning, logs
+from login_pipeline import gc_tuning
+from login_pipeline.child_process import Child, Close
 from login_pipeline.client import BatchReport, HandOver, OutputGone
 from login_pipeline.delivery import BatchDelivery, ClientError, ErrorKind, Route, route_of
 from login_pipeline.routing import DEFAULT_MAX_REQUEST_SIZE, Headers, effective_limits
 
 log = logging.getLogger(__name__)
+Answer = TypeVar("Answer", bound=Union["Started", BatchReport])
 
-_READY, _END_BATCH, _CLOSE = "ready", "end batch", "close"
 SEND_BUFFER_BYTES = 4 * 1024 * 1024
+START_TIMEOUT_S = 60.0
+CLOSE_TIMEOUT_S = 30.0  # the child's producer flushes what it holds, within its own 10 s
 ACK_CHECK_INTERVAL_S = 0.001  # how often the child looks for acknowledgements while nothing arrives
 # Errors that say the record itself can never be written, so retrying it would stall its partition.
 _REFUSED_FOR_SIZE = (MessageSizeTooLargeError, RecordListTooLargeError)
@@ -60,11 +61,27 @@ _REFUSED_AS_INVALID = (InvalidRecordError, CorruptRecordError)
 _REFUSED_US = (AuthorizationError, SaslAuthenticationFailedError)
 
 
-class _Records(NamedTuple):
-    """What the child receives per hand-over: the records and each login's key hash (0 for a dead letter)."""
+# The messages between the run loop and the output child (login_pipeline.child_process).
+
+
+class Records(NamedTuple):
+    """Parent to child, per hand-over: the records and each login's key hash (0 for a dead letter)."""
 
     records: HandOver
     key_hashes: list[int]
+
+
+class EndBatch(NamedTuple):
+    """Parent to child: the records sent since the last EndBatch are one batch, reported as one."""
+
+
+class Started(NamedTuple):
+    """Child to parent, once: the producer is up (`failure` None), or why it is not."""
+
+    failure: Optional[str] = None
+
+
+# Child to parent, per batch, in the order the batches were ended: its login_pipeline.client.BatchReport.
 
 
 def partition_of(key_hash: int, partitions: int) -> int:
@@ -119,22 +136,16 @@ class OutputProcess:
         self.size_limits = effective_limits(
             size_limits, (output_topic, dlq_topic), producer_settings.get("max_request_size", DEFAULT_MAX_REQUEST_SIZE)
         )
-        context = multiprocessing.get_context("spawn")  # no threads or sockets inherited from the parent
-        self._connection, child_end = context.Pipe()
-        _widen_send_buffer(self._connection)
         self._timeout = timeout
-        self._process = context.Process(
-            target=_serve,
-            args=(child_end, producer_settings, output_topic, dlq_topic, self.size_limits, log_format),
-            name="login-output",
-            daemon=True,
+        self._child = Child(
+            _serve, (producer_settings, output_topic, dlq_topic, self.size_limits), "login-output", log_format
         )
-        self._process.start()
-        child_end.close()
-        reply = self._receive(timeout=60)
-        if reply != _READY:
+        self._connection = self._child.connection
+        _widen_send_buffer(self._connection)
+        started = self._receive(Started, timeout=START_TIMEOUT_S)
+        if started.failure is not None:
             self.close()
-            raise OutputGone(f"the output process did not start: {reply}")
+            raise OutputGone(f"the output process did not start: {started.failure}")
 
     def send(self, records: HandOver) -> None:
         """Hand over records of one input partition; a full pipe blocks, which is the backpressure.
@@ -142,11 +153,11 @@ class OutputProcess:
         The keys are hashed here, in the run loop's process: the child is the busier of the two
         (py-spy under load: the child never idle, the run loop idle half its time).
         """
-        self._send(_Records(records, key_hashes(records)))
+        self._send(Records(records, key_hashes(records)))
 
     def end_batch(self) -> None:
         """Close the batch: its acknowledgement will be reported after those of earlier batches."""
-        self._send(_END_BATCH)
+        self._send(EndBatch())
 
     def acknowledgement(self, timeout_s: float | None = None) -> BatchReport | None:
         """The report of the oldest unreported batch, waiting up to `timeout` seconds for it.
@@ -156,7 +167,7 @@ class OutputProcess:
         """
         if timeout_s is not None and not self._connection.poll(timeout_s):
             return None
-        return self._receive(timeout=self._timeout)
+        return self._receive(BatchReport, timeout=self._timeout)
 
     def _send(self, message: object) -> None:
         try:
@@ -165,26 +176,21 @@ class OutputProcess:
             raise OutputGone(f"the output process is gone ({error})") from None
 
     def alive(self) -> bool:
-        return self._process.is_alive()
+        return self._child.alive()
 
     def close(self) -> None:
-        try:
-            self._connection.send(_CLOSE)
-        except OSError:
-            pass  # the child is gone already
-        self._process.join(timeout=30)
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join()
-        self._connection.close()
+        self._child.stop(CLOSE_TIMEOUT_S)
 
-    def _receive(self, timeout: float):
+    def _receive(self, expected: type[Answer], timeout: float) -> Answer:
         if not self._connection.poll(timeout):
             raise OutputGone(f"the output process did not answer within {timeout:.0f} s")
         try:
-            return self._connection.recv()
+            message = self._connection.recv()
         except EOFError:
-            raise OutputGone(f"the output process exited (code {self._process.exitcode})") from None
+            raise OutputGone(f"the output process exited (code {self._child.exitcode})") from None
+        if not isinstance(message, expected):  # cannot happen but by a bug: stop rather than guess
+            raise OutputGone(f"the output process sent {type(message).__name__}, not {expected.__name__}")
+        return message
 
 
 def _widen_send_buffer(connection: Connection) -> None:
@@ -200,22 +206,15 @@ def _widen_send_buffer(connection: Connection) -> None:
 
 
 def _serve(
-    connection: Connection,
-    settings: dict,
-    output_topic: str,
-    dlq_topic: str,
-    size_limits: dict[str, int],
-    log_format: str,
+    connection: Connection, settings: dict, output_topic: str, dlq_topic: str, size_limits: dict[str, int]
 ) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    logs.configure(log_format)
+    """The child: produce what the parent hands over, report each batch once answered, until Close."""
     try:
         producer = KafkaProducer(**settings)
     except Exception as error:  # reported to the parent, which stops with it
-        connection.send(f"{type(error).__name__}: {error}")
+        connection.send(Started(f"{type(error).__name__}: {error}"))
         return
-    connection.send(_READY)
+    connection.send(Started())
     gc_tuning.settle()
     route = route_of(output_topic, dlq_topic, size_limits)
     partitioner = _Partitioner(producer, output_topic)
@@ -232,9 +231,17 @@ def _serve(
                 message = connection.recv()
             except EOFError:
                 return  # the parent is gone: nothing it did not see acknowledged was committed
-            if message == _CLOSE:
-                return
-            if message == _END_BATCH:
+            kind = type(message)
+            if kind is Records:
+                try:
+                    partitions = partitioner.partitions(message.key_hashes)
+                    if partitions is None:
+                        batch.delivery.fail(f"the partitions of {output_topic} are unknown")
+                    else:
+                        batch.delivery.send(message.records, partitions)
+                except Exception as error:  # a bug or a client state we did not foresee: fail the batch, live on
+                    batch.delivery.fail(f"producing failed: {type(error).__name__}")
+            elif kind is EndBatch:
                 unreported.append(batch)
                 restarts = _report_settled(connection, unreported, restarts)
                 if _is_broken(producer):
@@ -246,16 +253,10 @@ def _serve(
                     restarts += 1
                 partitioner.refresh()
                 batch = _Batch(route, producer)
-                continue
-            try:
-                records, hashes = message
-                partitions = partitioner.partitions(hashes)
-                if partitions is None:
-                    batch.delivery.fail(f"the partitions of {output_topic} are unknown")
-                else:
-                    batch.delivery.send(records, partitions)
-            except Exception as error:  # a bug or a client state we did not foresee: fail the batch, live on
-                batch.delivery.fail(f"producing failed: {type(error).__name__}")
+            elif kind is Close:
+                return
+            else:  # cannot happen but by a bug: the batch fails and is retried, the child lives on
+                batch.delivery.fail(f"the output process received {kind.__name__}")
     except ConnectionError:
         pass  # the parent was killed mid-conversation: as above, nothing unacknowledged was committed
     finally:
