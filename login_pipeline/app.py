@@ -18,7 +18,8 @@ from login_pipeline.live import KEPT_WINDOWS, FeedReader, GroupView, Live
 from login_pipeline.live_observer import LiveObserver
 from login_pipeline.live_process import LiveProcess
 from login_pipeline.metrics import PipelineMetrics
-from login_pipeline.run_loop import LoopSettings, Process, RunLoop
+from login_pipeline.processing import Process
+from login_pipeline.run_loop import LoopSettings, RunLoop
 from login_pipeline.running_insights import RunningInsights
 from login_pipeline.status_server import serving
 from login_pipeline.stop import StopRequest
@@ -52,7 +53,7 @@ class Pipeline(NamedTuple):
 def assemble(
     config: Config,
     process: Process,
-    source: Input,
+    consumer: Input,
     output: Output,
     stop: StopRequest,
     out: TextIO = sys.stdout,
@@ -71,9 +72,9 @@ def assemble(
     loop = RunLoop(
         LoopSettings(config.output_topic, revoke_settle_s),
         process,
-        source,
+        consumer,
         output,
-        GroupCommits(source, observers, monotonic),
+        GroupCommits(consumer, observers, monotonic),
         observers,
         stop,
         clock,
@@ -90,7 +91,7 @@ def main(config: Config, process: Process, pseudonymize: Callable[[str], str]) -
     stop = StopRequest()
     stop.install()
     try:
-        source, output = engines.connect(config)
+        consumer, output = engines.connect(config)
     except StartupError as error:
         log.error("%s", error)
         return 1
@@ -101,13 +102,13 @@ def main(config: Config, process: Process, pseudonymize: Callable[[str], str]) -
             live = LiveProcess(config, pseudonymize)
         except StartupError as error:
             log.error("%s", error)
-            source.close()  # the consumer (not yet subscribed), and the output process it started
+            consumer.close()  # the consumer (not yet subscribed), and the output process it started
             output.close()
             return 1
         if config.metrics_port:  # the group's view is read back only for the HTTP server to show
             view = GroupView(config.insights_topic, config.alerts_topic)
             feed = engines.live_feed(config, time.time() - KEPT_WINDOWS * config.windows.size_s)
-    pipeline = assemble(config, process, source, output, stop, live=live)
+    pipeline = assemble(config, process, consumer, output, stop, live=live)
     log.info(
         "consuming %s from %s as group %s; output %s, dead letters %s on %s",
         config.input_topic,
@@ -117,7 +118,7 @@ def main(config: Config, process: Process, pseudonymize: Callable[[str], str]) -
         config.dlq_topic,
         ",".join(config.output_bootstrap_servers),
     )
-    gc_tuning.settle()
+    gc_tuning.freeze_startup_objects()
     reader = FeedReader(feed, view).start() if view is not None and feed is not None else None
     pages = web.pages(pipeline.this_instance, view) if view is not None else {}
     try:

@@ -57,8 +57,8 @@ class GroupCommits:
     every delivered position.
     """
 
-    def __init__(self, source: Input, observer: Observer, monotonic: Callable[[], float] = time.monotonic) -> None:
-        self._input = source
+    def __init__(self, consumer: Input, observer: Observer, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._input = consumer
         self._observer = observer
         self._monotonic = monotonic
         self._positions = CommitPositions()

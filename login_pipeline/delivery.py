@@ -20,7 +20,7 @@ The policy, here only:
 - Failures: the batch fails when any record is not acknowledged; the first failure's text is kept;
   a refusal of the pipeline itself (authorization, authentication) marks it refused, and that
   text wins.
-- The report (`BatchReport`) is final once every produced record was answered (`settled`).
+- The report (`BatchReport`) is final once every produced record was answered (`all_answered`).
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ class BatchDelivery:
         )
 
     @property
-    def settled(self) -> bool:
+    def all_answered(self) -> bool:
         """Every record produced has its answer: the report is final."""
         return self.pending == 0
 

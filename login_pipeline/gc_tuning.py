@@ -12,7 +12,7 @@ import gc
 YOUNG_OBJECTS = 50_000
 
 
-def settle() -> None:
+def freeze_startup_objects() -> None:
     """Call once start-up is done: what it made lives as long as the process, out of the collector's
     sight (gc.freeze), and the young generation is collected every YOUNG_OBJECTS containers."""
     gc.freeze()

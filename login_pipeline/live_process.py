@@ -208,7 +208,7 @@ def _serve(
                         try:
                             live = LiveInsights(config, publisher_factory(config), pseudonymize, instance=instance)
                             connection.send(Answer(message.number, "ready"))
-                            gc_tuning.settle()
+                            gc_tuning.freeze_startup_objects()
                         except Exception as error:  # said in the parent's one line
                             connection.send(Answer(message.number, f"{type(error).__name__}: {error}"))
                             return

@@ -42,12 +42,11 @@ from __future__ import annotations
 
 import logging
 import time
-import traceback
 from typing import Callable, NamedTuple, Optional, Protocol
 
+from login_pipeline.acknowledgements import Acknowledgements, NotAcknowledged
 from login_pipeline.checkpoint import Checkpoint
 from login_pipeline.client import (
-    HandOver,
     Input,
     InputRefused,
     InputUnavailable,
@@ -58,11 +57,8 @@ from login_pipeline.client import (
 )
 from login_pipeline.events import (
     Assigned,
-    Delivered,
-    DeliveryFailed,
     HandedOver,
     Observer,
-    ProducersReplaced,
     Revoking,
     SettledBeforeRevoke,
     Stopped,
@@ -70,21 +66,10 @@ from login_pipeline.events import (
     TurnEnded,
     TurnStarted,
 )
-from login_pipeline.offsets import InFlight, InFlightBatch
-from login_pipeline.results import (
-    MALFORMED_JSON,
-    PROCESSING_ERROR,
-    RECORD_TOO_LARGE,
-    ProcessedLogin,
-    ProcessingResult,
-    Rejection,
-)
-from login_pipeline.routing import fits, near_limit, source_headers
+from login_pipeline.offsets import InFlightBatch
+from login_pipeline.processing import BatchProcessing, Process
 
 log = logging.getLogger(__name__)
-
-Process = Callable[[bytes, float], ProcessingResult]
-NULL_VALUE = Rejection(MALFORMED_JSON, None, "the record has no value (null)")
 
 
 class LoopSettings(NamedTuple):
@@ -107,16 +92,12 @@ class StopSignal(Protocol):
     def sleep(self, seconds: float) -> None: ...
 
 
-class _NotAcknowledged(Exception):
-    """The output cluster did not acknowledge a batch; the input was rewound to resend it."""
-
-
 class RunLoop:
     def __init__(
         self,
         settings: LoopSettings,
         process: Process,
-        source: Input,
+        consumer: Input,
         output: Output,
         checkpoint: Checkpoint,
         observer: Observer,
@@ -126,15 +107,16 @@ class RunLoop:
     ) -> None:
         self._settings = settings
         self._process = process
-        self._input = source
+        self._input = consumer
         self._output = output
         self._checkpoint = checkpoint
         self._observer = observer
         self._stop = stop
         self._clock = clock
         self._monotonic = monotonic
-        self.in_flight = InFlight()
-        source.subscribe(self._settle_before_revoke, checkpoint.commit_answered, self._assigned)
+        self._acknowledgements = Acknowledgements(consumer, output, checkpoint, observer, monotonic)
+        self.in_flight = self._acknowledgements.in_flight
+        consumer.subscribe(self._settle_before_revoke, checkpoint.commit_answered, self._assigned)
 
     def run(self) -> int:
         """Process until stopped; returns the exit code (0: stopped cleanly with everything committed)."""
@@ -142,8 +124,8 @@ class RunLoop:
         try:
             failures = self._loop()
             try:
-                self._settle(keep=0)
-            except _NotAcknowledged:
+                self._acknowledgements.settle(keep=0)
+            except NotAcknowledged:
                 failures += 1
             if failures:
                 log.error("stopped with an undelivered batch; it was not committed and will be processed on restart")
@@ -188,10 +170,10 @@ class RunLoop:
                 self.in_flight.handed_over(self._hand_over(polled))
             # The newest batches stay in flight while the next one is processed; with nothing new, settle all.
             try:
-                if self._settle(keep=settings.in_flight_batches if polled else 0):
+                if self._acknowledgements.settle(keep=settings.in_flight_batches if polled else 0):
                     failures = 0
                     self._checkpoint.commit()
-            except _NotAcknowledged:
+            except NotAcknowledged:
                 failures += 1
                 backoff = min(settings.max_backoff_s, 0.5 * 2**failures)
                 log.error(
@@ -208,45 +190,19 @@ class RunLoop:
         """Process every record polled and hand the results to the output."""
         began = self._monotonic()
         processed_at = self._clock()
-        process, send = self._process, self._output.send
-        output_limit = self._output.size_limits[self._settings.output_topic]
-        handover_records = self._settings.handover_records
-        results = []
-        dead_letters = 0
-        for part in polled:
-            partition = part.partition
-            records = HandOver.of(partition)
-            for offset, key, raw in zip(part.offsets, part.keys, part.values):
-                if raw is None:  # legal in Kafka (a tombstone); not a login
-                    result: ProcessingResult = NULL_VALUE
-                else:
-                    try:
-                        result = process(raw, processed_at)
-                    except Exception as error:
-                        # A bug in process_message must not stall the partition: park the message instead.
-                        result = _processing_error(error, partition, offset)
-                if (
-                    result.__class__ is ProcessedLogin
-                    and near_limit(output_limit, result.key, result.value)
-                    and not fits(output_limit, result.key, result.value, source_headers(*partition, offset))
-                ):
-                    # Too large for the output topic: the input goes to the dead-letter topic, bytes and all.
-                    result = Rejection(
-                        RECORD_TOO_LARGE, None, "the processed login is larger than the output topic takes"
-                    )
-                if isinstance(result, ProcessedLogin):
-                    records.add(offset, result.key, result.value)
-                else:  # the dead-letter topic gets the original key and bytes, untouched
-                    records.add(offset, key, raw, result)
-                    dead_letters += 1
-                results.append(result)
-                if len(records.offsets) == handover_records:
-                    send(records)
-                    records = HandOver.of(partition)
-            if records.offsets:
-                send(records)
+        processing = BatchProcessing(
+            polled,
+            self._process,
+            processed_at,
+            self._output.size_limits[self._settings.output_topic],
+            self._settings.handover_records,
+        )
+        send = self._output.send
+        for records in processing:
+            send(records)
         self._output.end_batch()
         handed_at = self._monotonic()
+        results, dead_letters = processing.results, processing.dead_letters
         self._observer.handed_over(
             HandedOver(len(results), len(results) - dead_letters, dead_letters, handed_at - began)
         )
@@ -259,54 +215,6 @@ class RunLoop:
             spans=[(part.partition.partition, len(part.offsets)) for part in polled],
         )
 
-    def _settle(self, keep: int, within: float | None = None) -> int:
-        """Read reports until at most `keep` batches are in flight; returns how many were delivered.
-
-        A failed batch is not committed, nor is any batch behind it: the input rewinds to the
-        first offsets in flight, so they are processed and produced again, and _NotAcknowledged is
-        raised. With `within` (seconds), batches still unreported by then are abandoned instead of
-        waited for.
-        """
-        in_flight = self.in_flight
-        delivered = 0
-        deadline = None if within is None else self._monotonic() + within
-        while len(in_flight) > keep:
-            remaining = None if deadline is None else max(deadline - self._monotonic(), 0.0)
-            report = self._output.acknowledgement(remaining)
-            if report is None:
-                in_flight.abandon_all()
-                log.warning(
-                    "%d batches were not acknowledged within %.1f s of a rebalance; left uncommitted, "
-                    "they will be delivered again",
-                    len(in_flight),
-                    within,
-                )
-                break
-            if report.producer_restarts:
-                self._observer.producers_replaced(ProducersReplaced(report.producer_restarts))
-            batch = in_flight.oldest()
-            if batch.abandoned:
-                continue
-            if report.refused:
-                # Retrying cannot help, and going on would commit nothing anyway: stop, with one line.
-                raise OutputGone(f"the output cluster refused to take the batch ({report.failure})")
-            if report.failure:
-                log.error("the output cluster did not acknowledge the batch: %s", report.failure)
-                assigned = self._input.assignment()
-                for partition, offset in in_flight.rewind_from(batch).items():
-                    if partition in assigned:
-                        self._input.seek(partition, offset)
-                self._observer.delivery_failed(DeliveryFailed(report.failure))
-                raise _NotAcknowledged(report.failure)
-            delivered += 1
-            for rerouted in report.rerouted:
-                batch.results[rerouted.position] = Rejection(
-                    rerouted.reason, None, "the output cluster refused the record"
-                )
-            self._observer.delivered(Delivered(batch, self._monotonic() - batch.handed_at))
-            self._checkpoint.delivered(batch)
-        return delivered
-
     def _assigned(self, partitions: set[Partition]) -> None:
         self._observer.assigned(Assigned(frozenset(partitions)))
 
@@ -314,8 +222,8 @@ class RunLoop:
         """Before partitions go: settle what is in flight (bounded), return what was delivered to commit."""
         self._observer.revoking(Revoking(frozenset(revoked)))
         try:
-            self._settle(keep=0, within=self._settings.revoke_settle_s)
-        except _NotAcknowledged:
+            self._acknowledgements.settle(keep=0, within=self._settings.revoke_settle_s)
+        except NotAcknowledged:
             pass  # rewound and left uncommitted; whoever owns the partitions next processes it again
         except OutputGone:
             self.in_flight.drop_all()  # the run loop meets the same error at its next hand-over and stops
@@ -324,20 +232,3 @@ class RunLoop:
 
     def _lags(self) -> Optional[dict[Partition, int]]:
         return self._input.lag(self._checkpoint.positions)
-
-
-def _processing_error(error: Exception, partition: Partition, offset: int) -> Rejection:
-    """The rejection, and one log line, for process_message raising: its type and where, never its text,
-    which may quote the input (an ip, say)."""
-    frames = traceback.extract_tb(error.__traceback__)
-    where = f"{frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}" if frames else "unknown"
-    log.error(
-        "process_message raised %s (%s) at %s:%d offset %d; sent to the dead-letter topic",
-        type(error).__name__,
-        where,
-        partition.topic,
-        partition.partition,
-        offset,
-        extra={"topic": partition.topic, "partition": partition.partition, "offset": offset},
-    )
-    return Rejection(PROCESSING_ERROR, None, f"process_message raised {type(error).__name__}")

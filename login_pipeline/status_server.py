@@ -88,19 +88,19 @@ class ClusterWatch:
 
 
 class StatusServer:
-    """The HTTP endpoints; `live` and `ready` are asked on every probe and must not block."""
+    """The HTTP endpoints; `liveness` and `readiness` are asked on every probe and must not block."""
 
     def __init__(
         self,
         host: str,
         port: int,
         registry: CollectorRegistry,
-        live: Callable[[], Verdict],
-        ready: Callable[[], Verdict],
+        liveness: Callable[[], Verdict],
+        readiness: Callable[[], Verdict],
         pages: dict[str, Callable[[], Page]] | None = None,
     ) -> None:
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        handler = _handler(registry, {"/livez": live, "/readyz": ready}, pages or {}, self._slots)
+        handler = _handler(registry, {"/livez": liveness, "/readyz": readiness}, pages or {}, self._slots)
         self._server = _Server((host, port), handler)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="status-server", daemon=True)
@@ -200,27 +200,27 @@ def serving(
     host: str,
     port: int,
     registry: CollectorRegistry,
-    live: Callable[[], Verdict],
-    ready: Callable[[list[str]], Verdict],
+    liveness: Callable[[], Verdict],
+    readiness: Callable[[list[str]], Verdict],
     probes: Callable[[], dict[str, ClusterProbe]],
     pages: dict[str, Callable[[], Page]] | None = None,
 ) -> Iterator[StatusServer | None]:
     """Serve for the duration; with port 0, or a port already taken, nothing is served (a warning says so).
 
-    `ready` is given the clusters that do not answer; `probes` makes the cluster probes, only when serving.
+    `readiness` is given the clusters that do not answer; `probes` makes the cluster probes, only when serving.
     """
     if port == 0:
         yield None
         return
     watch = ClusterWatch(probes())
     try:
-        server = StatusServer(host, port, registry, live, lambda: ready(watch.silent()), pages)
+        server = StatusServer(host, port, registry, liveness, lambda: readiness(watch.silent()), pages)
         # The same verdicts as the probes, for alerting rules (Prometheus cannot call /readyz itself).
         Gauge(f"{PREFIX}_ready", "1 while /readyz answers 200, else 0.", registry=registry).set_function(
-            lambda: float(ready(watch.silent()).ok)
+            lambda: float(readiness(watch.silent()).ok)
         )
         Gauge(f"{PREFIX}_live", "1 while /livez answers 200, else 0.", registry=registry).set_function(
-            lambda: float(live().ok)
+            lambda: float(liveness().ok)
         )
     except OSError as error:
         log.warning(

@@ -52,16 +52,16 @@ def test_logins_go_to_the_output_and_rejections_to_the_dlq_with_source_headers_i
     assert value == b"not json" and headers["dlq.reason"] == b"malformed_json"
     assert [record[3]["source.offset"] for record in producer.produced] == [b"10", b"11", b"12"]
     assert all(record[3]["source.partition"] == b"2" for record in producer.produced)
-    assert batch.pending == 3 and not batch.settled
+    assert batch.pending == 3 and not batch.all_answered
 
 
 def test_a_batch_is_settled_and_clean_only_when_every_record_was_acknowledged():
     batch = batch_of_three(Producer())
     for position in (0, 1):
         batch.answered(position, None)
-    assert not batch.settled
+    assert not batch.all_answered
     batch.answered(2, None)
-    assert batch.settled and batch.report() == batch.report()._replace(failure=None, rerouted=(), refused=False)
+    assert batch.all_answered and batch.report() == batch.report()._replace(failure=None, rerouted=(), refused=False)
 
 
 def test_a_record_refused_as_too_large_is_rerouted_once_without_its_value_and_reported_at_its_position():
@@ -97,7 +97,7 @@ def test_a_refusal_of_the_rerouted_form_fails_the_batch_instead_of_rerouting_aga
     for position in (1, 2):
         batch.answered(position, None)
     report = batch.report()
-    assert batch.settled and report.failure is not None and not report.refused
+    assert batch.all_answered and report.failure is not None and not report.refused
 
 
 def test_a_record_that_cannot_fit_its_topic_is_never_produced_its_refused_form_goes_instead():
@@ -126,10 +126,10 @@ def test_a_transient_failure_fails_the_batch_and_a_refusal_of_us_wins_the_report
 
 def test_a_record_refused_on_the_spot_is_answered_at_once():
     batch = batch_of_three(Producer(refuse_at_once=TIMED_OUT))
-    assert batch.settled and batch.report().failure.startswith("3 of 3 records were not acknowledged")
+    assert batch.all_answered and batch.report().failure.startswith("3 of 3 records were not acknowledged")
 
 
 def test_a_failure_not_tied_to_a_record_fails_the_batch():
     batch = BatchDelivery(ROUTE, Producer())
     batch.fail("the partitions of processed-logins are unknown")
-    assert batch.settled and batch.report().failure == "the partitions of processed-logins are unknown"
+    assert batch.all_answered and batch.report().failure == "the partitions of processed-logins are unknown"

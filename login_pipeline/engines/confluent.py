@@ -66,12 +66,12 @@ def connect(
         timeouts.ACKNOWLEDGEMENT_TIMEOUT_S,
         size_limits,
     )
-    source = ConfluentInput(
+    consumer = ConfluentInput(
         consumer_settings(config.input_bootstrap_servers, config.consumer_group, security),
         config.input_topic,
         config.batch_size,
     )
-    return source, output
+    return consumer, output
 
 
 def client_security(config: Config) -> dict[str, Any]:
@@ -418,7 +418,7 @@ class ConfluentOutput:
 
     def acknowledgement(self, timeout_s: Optional[float] = None) -> Optional[BatchReport]:
         deadline = time.monotonic() + (self._timeout_s if timeout_s is None else timeout_s)
-        while not self._closed or not self._closed[0].settled:
+        while not self._closed or not self._closed[0].all_answered:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 if timeout_s is None:

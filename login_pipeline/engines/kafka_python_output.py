@@ -215,7 +215,7 @@ def _serve(
         connection.send(Started(f"{type(error).__name__}: {error}"))
         return
     connection.send(Started())
-    gc_tuning.settle()
+    gc_tuning.freeze_startup_objects()
     route = route_of(output_topic, dlq_topic, size_limits)
     partitioner = _Partitioner(producer, output_topic)
     batch = _Batch(route, producer)
@@ -320,7 +320,7 @@ class _Batch:
             self.futures[position] = future
         return refused
 
-    def settle(self) -> bool:
+    def answer_completed(self) -> bool:
         """Answer the futures done, in order; True when every record has its answer."""
         futures = self.futures
         while self.answered < len(futures):
@@ -335,7 +335,7 @@ class _Batch:
             self.delivery.answered(position, None if future.succeeded() else classified(future.exception))
             if futures[position] is None:  # not rerouted: the next one
                 self.answered += 1
-        return self.delivery.settled
+        return self.delivery.all_answered
 
 
 def classified(error: Exception) -> ClientError:
@@ -360,7 +360,7 @@ def _is_broken(producer: KafkaProducer) -> bool:
 def _report_settled(connection: Connection, unreported: deque[_Batch], restarts: int) -> int:
     """Report, oldest first, every batch whose records have all been answered by the output cluster;
     the first report carries the producer restarts not yet reported. Returns those still unreported."""
-    while unreported and unreported[0].settle():
+    while unreported and unreported[0].answer_completed():
         connection.send(unreported.popleft().delivery.report(restarts))
         restarts = 0
     return restarts

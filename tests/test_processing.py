@@ -1,10 +1,10 @@
-"""The run loop's pure helpers. (The loop itself is specified in test_pipeline.py, and on real brokers
-in test_processor_kafka.py.)"""
+"""The process step's helpers (login_pipeline.processing). The loop itself is specified in
+test_pipeline.py, and on real brokers in test_processor_kafka.py."""
 
 import logging
 
 from login_pipeline.client import Partition
-from login_pipeline.run_loop import NULL_VALUE, _processing_error
+from login_pipeline.processing import NULL_VALUE, processing_error
 
 
 def failing_rule(raw: bytes) -> None:
@@ -16,7 +16,7 @@ def test_a_processing_error_names_the_exception_type_and_place_never_its_text(ca
         failing_rule(b"203.0.113.9")
     except ValueError as error:
         with caplog.at_level(logging.ERROR):
-            rejection = _processing_error(error, Partition("user-login", 2), 41)
+            rejection = processing_error(error, Partition("user-login", 2), 41)
     assert (rejection.reason, rejection.field) == ("processing_error", None)
     assert rejection.message == "process_message raised ValueError"
     assert "203.0.113.9" not in caplog.text
