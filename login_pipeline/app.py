@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from functools import partial
 from typing import Any, Callable, NamedTuple, Optional, TextIO
 
 from login_pipeline import engines, gc_tuning, web
@@ -14,10 +15,10 @@ from login_pipeline.client import Input, Output, StartupError
 from login_pipeline.config import Config
 from login_pipeline.events import Observer, Observers
 from login_pipeline.health import Health
-from login_pipeline.live import KEPT_WINDOWS, FeedReader, GroupView, Live
+from login_pipeline.live import KEPT_WINDOWS, FeedReader, GroupView, Live, LiveSettings
 from login_pipeline.live_observer import LiveObserver
 from login_pipeline.live_process import LiveProcess
-from login_pipeline.metrics import PipelineMetrics
+from login_pipeline.metrics import BuildInfo, PipelineMetrics
 from login_pipeline.processing import Process
 from login_pipeline.run_loop import LoopSettings, RunLoop
 from login_pipeline.running_insights import RunningInsights
@@ -63,7 +64,7 @@ def assemble(
     revoke_settle_s: float = REVOKE_SETTLE_S,
 ) -> Pipeline:
     running = RunningInsights(config.insights_every, out)
-    metrics = PipelineMetrics(config, running.insights, clock, live)
+    metrics = PipelineMetrics(build_info(config), running.insights, clock, live)
     health = Health(config.liveness_timeout_s, output.alive, lambda: stop.requested, monotonic)
     listeners: list[Observer] = [metrics, running, health]
     if live is not None:
@@ -83,6 +84,16 @@ def assemble(
     return Pipeline(loop, running, metrics, health, live)
 
 
+def build_info(config: Config) -> BuildInfo:
+    return BuildInfo(
+        config.kafka_client, config.consumer_group, config.input_topic, config.output_topic, config.dlq_topic
+    )
+
+
+def live_settings(config: Config) -> LiveSettings:
+    return LiveSettings(config.insights_topic, config.alerts_topic, config.windows, config.alerts)
+
+
 def main(config: Config, process: Process, pseudonymize: Callable[[str], str]) -> int:
     """Run the pipeline with signal handling and its HTTP server; startup problems: one line, exit 1.
 
@@ -99,7 +110,9 @@ def main(config: Config, process: Process, pseudonymize: Callable[[str], str]) -
     view = feed = None
     if config.live_insights:
         try:
-            live = LiveProcess(config, pseudonymize)
+            live = LiveProcess(
+                live_settings(config), config.log_format, pseudonymize, partial(engines.live_publisher, config)
+            )
         except StartupError as error:
             log.error("%s", error)
             consumer.close()  # the consumer (not yet subscribed), and the output process it started

@@ -16,6 +16,7 @@ from typing import Any, Callable, get_type_hints
 from dotenv import load_dotenv
 
 from login_pipeline.alerts import AlertSettings
+from login_pipeline.windows import WindowSettings
 
 KAFKA_PYTHON = "kafka-python"
 KAFKA_CLIENTS = (KAFKA_PYTHON, "confluent-kafka")
@@ -42,13 +43,6 @@ MAX_WINDOW_S = 86_400
 MAX_ALERT_WINDOW_S = 7 * 86_400
 MAX_ALERT_THRESHOLD = 10_000
 MAX_STATE_KEYS = 10_000_000
-
-
-@dataclass(frozen=True)
-class WindowSettings:
-    size_s: int
-    grace_s: int
-    idle_s: int
 
 
 class ConfigError(ValueError):

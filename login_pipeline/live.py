@@ -26,17 +26,16 @@ from collections import deque
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, NamedTuple, Protocol
 
 import jsonschema
 import orjson
 
-from login_pipeline.alerts import Alert, AlertRules
+from login_pipeline.alerts import Alert, AlertRules, AlertSettings
 from login_pipeline.client import Feed, FeedRecord, Publisher
-from login_pipeline.config import Config
 from login_pipeline.results import ProcessingResult
 from login_pipeline.sketches import HyperLogLog
-from login_pipeline.windows import Closed, Span, TumblingWindows, WindowSummary, iso
+from login_pipeline.windows import Closed, Span, TumblingWindows, WindowSettings, WindowSummary, iso
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +66,21 @@ def instance_name() -> str:
     return f"{socket.gethostname()[:100]}-{os.getpid()}"
 
 
+class LiveSettings(NamedTuple):
+    """What the live insights need of the configuration."""
+
+    insights_topic: str
+    alerts_topic: str
+    windows: WindowSettings
+    alerts: AlertSettings
+
+
 class LiveInsights:
     """The run loop's side; see the module's doc. Thread-safe: `snapshot` may come from HTTP threads."""
 
     def __init__(
         self,
-        config: Config,
+        settings: LiveSettings,
         publisher: Publisher,
         pseudonymize: Callable[[str], str],
         wall_clock: Callable[[], float] = time.time,
@@ -80,15 +88,15 @@ class LiveInsights:
         instance: str | None = None,
     ) -> None:
         self._publisher = publisher
-        self._insights_topic = config.insights_topic
-        self._alerts_topic = config.alerts_topic
+        self._insights_topic = settings.insights_topic
+        self._alerts_topic = settings.alerts_topic
         self._wall_clock = wall_clock
         self._monotonic = monotonic
         self._lock = threading.Lock()
         self.instance = instance or instance_name()
-        settings = config.windows
-        self.windows = TumblingWindows(settings.size_s, settings.grace_s, settings.idle_s)
-        self.rules = AlertRules(config.alerts, pseudonymize)
+        windows = settings.windows
+        self.windows = TumblingWindows(windows.size_s, windows.grace_s, windows.idle_s)
+        self.rules = AlertRules(settings.alerts, pseudonymize)
         self.windows_published = 0
         self.alerts_raised: dict[str, int] = {}  # by rule: four keys at most
 

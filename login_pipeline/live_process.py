@@ -29,11 +29,10 @@ import threading
 from multiprocessing.connection import Connection
 from typing import Any, Callable, NamedTuple, Optional, Union
 
-from login_pipeline import engines, gc_tuning
+from login_pipeline import gc_tuning
 from login_pipeline.child_process import Child, Close
 from login_pipeline.client import Publisher, StartupError
-from login_pipeline.config import Config
-from login_pipeline.live import LiveInsights, instance_name
+from login_pipeline.live import LiveInsights, LiveSettings, instance_name
 from login_pipeline.results import ProcessedLogin, ProcessingResult, Rejection
 from login_pipeline.windows import Span
 
@@ -107,13 +106,17 @@ class LiveProcess:
 
     def __init__(
         self,
-        config: Config,
+        settings: LiveSettings,
+        log_format: str,
         pseudonymize: Callable[[str], str],
-        publisher_factory: Callable[[Config], Publisher] = engines.live_publisher,
+        publisher_factory: Callable[[], Publisher],
     ) -> None:
-        """Start the child and wait until its publisher is up; StartupError says why not."""
+        """Start the child and wait until its publisher is up; StartupError says why not.
+
+        `publisher_factory` is called in the child, so it must pickle (a module-level function or a
+        partial of one)."""
         self._child = Child(
-            _serve, (config, pseudonymize, publisher_factory, instance_name()), "login-live", config.log_format
+            _serve, (settings, pseudonymize, publisher_factory, instance_name()), "login-live", log_format
         )
         self._connection = self._child.connection
         self._lock = threading.Lock()  # the run loop and HTTP threads share the pipe
@@ -186,9 +189,9 @@ class LiveProcess:
 
 def _serve(
     connection: Connection,
-    config: Config,
+    settings: LiveSettings,
     pseudonymize: Callable[[str], str],
-    publisher_factory: Callable[[Config], Publisher],
+    publisher_factory: Callable[[], Publisher],
     instance: str,
 ) -> None:
     """The child: a LiveInsights fed by the parent's messages, until Close or the parent is gone."""
@@ -206,7 +209,7 @@ def _serve(
                     question = message.question
                     if isinstance(question, Start):
                         try:
-                            live = LiveInsights(config, publisher_factory(config), pseudonymize, instance=instance)
+                            live = LiveInsights(settings, publisher_factory(), pseudonymize, instance=instance)
                             connection.send(Answer(message.number, "ready"))
                             gc_tuning.freeze_startup_objects()
                         except Exception as error:  # said in the parent's one line

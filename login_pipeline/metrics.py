@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -29,7 +29,6 @@ from prometheus_client.registry import Collector
 
 from login_pipeline.alerts import RULES
 from login_pipeline.client import Partition
-from login_pipeline.config import Config
 from login_pipeline.events import (
     CommitAnswered,
     CommitSent,
@@ -55,12 +54,22 @@ DELAY_BUCKET_STRIDE = 14  # every 14th 5 % bucket of the insights' delay histogr
 disable_created_metrics()
 
 
+class BuildInfo(NamedTuple):
+    """The processor's engine, group and topics, as login_processor_build_info shows them (never a secret)."""
+
+    engine: str
+    consumer_group: str
+    input_topic: str
+    output_topic: str
+    dlq_topic: str
+
+
 class PipelineMetrics(Observer):
     """Every metric of one processor; `registry` is what /metrics serves."""
 
     def __init__(
         self,
-        config: Config,
+        build: BuildInfo,
         insights: Insights,
         clock: Callable[[], float] = time.time,
         live: Optional[Live] = None,
@@ -68,15 +77,7 @@ class PipelineMetrics(Observer):
         self.registry = registry = CollectorRegistry(auto_describe=True)
         self._clock = clock
         info = Info(f"{PREFIX}_build", "The processor's engine, group and topics (never a secret).", registry=registry)
-        info.info(
-            {
-                "engine": config.kafka_client,
-                "consumer_group": config.consumer_group,
-                "input_topic": config.input_topic,
-                "output_topic": config.output_topic,
-                "dlq_topic": config.dlq_topic,
-            }
-        )
+        info.info(build._asdict())
         self.consumed = Counter(
             f"{PREFIX}_messages_consumed", "Input messages polled (a retried batch counts again).", registry=registry
         )

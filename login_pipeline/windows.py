@@ -46,6 +46,13 @@ SEGMENT_CAPACITY = 4096
 SCHEMA_VERSION = 1
 
 
+@dataclass(frozen=True)
+class WindowSettings:
+    size_s: int
+    grace_s: int
+    idle_s: int
+
+
 @dataclass(eq=False)  # compared by identity: an open window is one object, updated in place
 class WindowSummary:
     """What one window saw, in one process or merged from several: every field adds up exactly."""

@@ -285,10 +285,10 @@ class FakePublisher:
         return [value for published_topic, _, value, _ in self.published if published_topic == topic]
 
 
-def fake_publisher(_config) -> FakePublisher:
+def fake_publisher() -> FakePublisher:
     """A publisher factory a child process can import (login_pipeline.live_process)."""
     return FakePublisher()
 
 
-def failing_publisher(_config) -> FakePublisher:
+def failing_publisher() -> FakePublisher:
     raise ConnectionError("no cluster here")

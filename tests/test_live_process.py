@@ -10,8 +10,9 @@ import logging
 import pytest
 
 from kafka_consumer_processor import process_message
+from login_pipeline.app import live_settings
 from login_pipeline.client import StartupError
-from login_pipeline.config import load
+from login_pipeline.config import defaults
 from login_pipeline.live_process import LiveProcess
 from tests.fakes import failing_publisher, fake_publisher
 
@@ -35,7 +36,7 @@ def batch():
 
 @pytest.fixture
 def live():
-    process = LiveProcess(load([], "test", environ={}), pseudonym, fake_publisher)
+    process = LiveProcess(live_settings(defaults()), "text", pseudonym, fake_publisher)
     yield process
     process.close()
 
@@ -66,4 +67,4 @@ def test_a_child_that_dies_stops_the_live_insights_and_nothing_else(live, caplog
 
 def test_a_publisher_that_cannot_start_is_a_startup_error():
     with pytest.raises(StartupError, match="no cluster here"):
-        LiveProcess(load([], "test", environ={}), pseudonym, failing_publisher)
+        LiveProcess(live_settings(defaults()), "text", pseudonym, failing_publisher)

@@ -15,6 +15,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from local_kafka.brokers import PROJECT_DIR, free_ports
+from login_pipeline.app import build_info, live_settings
 from login_pipeline.client import Partition
 from login_pipeline.config import SETTINGS, load
 from login_pipeline.events import TurnEnded
@@ -41,8 +42,8 @@ def exposed() -> set[str]:
     insights = Insights()
     insights.observe([Rejection(MALFORMED_JSON, None, "not JSON")])
     config = load([], "test", environ={})
-    live = LiveInsights(config, FakePublisher(), str)
-    metrics = PipelineMetrics(config, insights, live=live)
+    live = LiveInsights(live_settings(config), FakePublisher(), str)
+    metrics = PipelineMetrics(build_info(config), insights, live=live)
     for topic in ("output", "dlq"):
         metrics.produced.labels(topic).inc()
         metrics.acknowledged.labels(topic).inc()

@@ -15,7 +15,7 @@ import pytest
 
 from kafka_consumer_processor import process_message
 from login_pipeline import stop as stop_module
-from login_pipeline.app import Pipeline, assemble
+from login_pipeline.app import Pipeline, assemble, live_settings
 from login_pipeline.client import Partition
 from login_pipeline.config import load
 from login_pipeline.live import LiveInsights
@@ -60,7 +60,9 @@ def pipeline(
     source.stop_when_drained = stop
     live = None
     if publisher is not None:
-        live = LiveInsights(config, publisher, lambda user: hashlib.sha256(user.encode()).hexdigest(), lambda: NOW)
+        live = LiveInsights(
+            live_settings(config), publisher, lambda user: hashlib.sha256(user.encode()).hexdigest(), lambda: NOW
+        )
     return assemble(
         config,
         process,

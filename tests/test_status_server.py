@@ -18,8 +18,8 @@ import pytest
 
 from local_kafka.brokers import free_ports
 from login_pipeline import logs
-from login_pipeline.app import assemble
-from login_pipeline.config import load
+from login_pipeline.app import assemble, build_info
+from login_pipeline.config import defaults, load
 from login_pipeline.events import Revoking
 from login_pipeline.insights import Insights
 from login_pipeline.metrics import PipelineMetrics
@@ -203,7 +203,7 @@ def test_json_logs_are_one_object_a_line_with_the_record_coordinates(capsys):
 
 
 def test_a_taken_port_warns_once_and_the_processor_runs_without_the_endpoints(caplog):
-    registry = PipelineMetrics(load([], "test", environ={}), Insights()).registry
+    registry = PipelineMetrics(build_info(defaults()), Insights()).registry
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -217,6 +217,6 @@ def test_port_0_serves_nothing_and_probes_no_cluster():
     def probes():
         raise AssertionError("no probe is made when nothing is served")
 
-    registry = PipelineMetrics(load([], "test", environ={}), Insights()).registry
+    registry = PipelineMetrics(build_info(defaults()), Insights()).registry
     with serving("127.0.0.1", 0, registry, lambda: Verdict(True), lambda silent: Verdict(True), probes) as server:
         assert server is None
