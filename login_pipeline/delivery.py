@@ -78,13 +78,7 @@ class KeptRecord(NamedTuple):
 
 class Produce(Protocol):
     def __call__(
-        self,
-        topic: str,
-        key: Optional[bytes],
-        value: bytes,
-        headers: Headers,
-        partition: Optional[int],
-        position: int,
+        self, topic: str, key: Optional[bytes], value: bytes, headers: Headers, partition: Optional[int], position: int
     ) -> Optional[ClientError]: ...
 
 

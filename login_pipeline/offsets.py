@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Optional
 
 from login_pipeline.client import Partition
 from login_pipeline.results import ProcessingResult
@@ -111,3 +112,15 @@ class CommitPositions:
     def positions(self) -> dict[Partition, int]:
         """The next offset after everything delivered, per partition."""
         return self._delivered
+
+
+def lags(highwaters: dict[Partition, Optional[int]], positions: dict[Partition, int]) -> Optional[dict[Partition, int]]:
+    """Records behind each partition's high watermark, from the next offset after what was delivered;
+    None while any high watermark or position is unknown (a partition just assigned)."""
+    behind = {}
+    for partition, highwater in highwaters.items():
+        position = positions.get(partition)
+        if highwater is None or position is None:
+            return None
+        behind[partition] = max(highwater - position, 0)
+    return behind

@@ -399,3 +399,13 @@ def test_an_alert_is_published_as_soon_as_its_batch_is_delivered():
     [alert] = publisher.values("login-alerts")
     assert alert["rule"] == "credential_stuffing" and alert["evidence"] == {"distinct_users": 15}
     assert "203.0.113.9" not in json.dumps(publisher.published, default=str)
+
+
+def test_lag_is_unknown_until_every_assigned_partition_has_a_position_and_a_high_watermark():
+    from login_pipeline.offsets import lags
+
+    a, b = Partition("user-login", 0), Partition("user-login", 1)
+    assert lags({a: 10, b: 5}, {a: 4, b: 5}) == {a: 6, b: 0}
+    assert lags({a: 10, b: None}, {a: 4, b: 5}) is None
+    assert lags({a: 10, b: 5}, {a: 4}) is None
+    assert lags({a: 3}, {a: 4}) == {a: 0}  # a position past the cached watermark is not negative lag

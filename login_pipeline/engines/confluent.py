@@ -34,6 +34,7 @@ from login_pipeline.client import (
 )
 from login_pipeline.config import Config
 from login_pipeline.delivery import BatchDelivery, ClientError, ErrorKind, Route, route_of
+from login_pipeline.offsets import lags
 from login_pipeline.refusals import Access, Symptoms, check_topic, unreachable
 from login_pipeline.routing import DEFAULT_MAX_REQUEST_SIZE, Headers, effective_limits, unknown_size_limits
 
@@ -296,15 +297,11 @@ class ConfluentInput:
         return {Partition(tp.topic, tp.partition) for tp in self._consumer.assignment()}
 
     def lag(self, positions: dict[Partition, int]) -> Optional[dict[Partition, int]]:
-        lags = {}
+        highwaters = {}
         for tp in self._consumer.assignment():
             _, high = self._consumer.get_watermark_offsets(tp, cached=True)
-            partition = Partition(tp.topic, tp.partition)
-            position = positions.get(partition)
-            if high is None or high < 0 or position is None:
-                return None
-            lags[partition] = max(high - position, 0)
-        return lags
+            highwaters[Partition(tp.topic, tp.partition)] = high if high is not None and high >= 0 else None
+        return lags(highwaters, positions)
 
     def close(self) -> None:
         self._consumer.close()  # revokes: the handler settles and commits what was acknowledged
@@ -329,13 +326,7 @@ class _Batch:
         self.delivery = BatchDelivery(route, self._produce)
 
     def _produce(
-        self,
-        topic: str,
-        key: Optional[bytes],
-        value: bytes,
-        headers: Headers,
-        partition: Optional[int],
-        position: int,
+        self, topic: str, key: Optional[bytes], value: bytes, headers: Headers, partition: Optional[int], position: int
     ) -> Optional[ClientError]:
         on_delivery = partial(self._delivered, position)
         produce = self._producer.produce

@@ -30,6 +30,7 @@ from login_pipeline.client import (
 )
 from login_pipeline.config import Config
 from login_pipeline.engines.kafka_python_output import OutputProcess
+from login_pipeline.offsets import lags
 from login_pipeline.refusals import Access, Symptoms, check_topic, unreachable
 from login_pipeline.routing import unknown_size_limits
 
@@ -194,14 +195,10 @@ class KafkaPythonInput:
         return {Partition(tp.topic, tp.partition) for tp in self._consumer.assignment()}
 
     def lag(self, positions: dict[Partition, int]) -> Optional[dict[Partition, int]]:
-        lags = {}
-        for tp in self._consumer.assignment():
-            partition = Partition(tp.topic, tp.partition)
-            highwater, position = self._consumer.highwater(tp), positions.get(partition)
-            if highwater is None or position is None:
-                return None
-            lags[partition] = max(highwater - position, 0)
-        return lags
+        highwaters = {
+            Partition(tp.topic, tp.partition): self._consumer.highwater(tp) for tp in self._consumer.assignment()
+        }
+        return lags(highwaters, positions)
 
     def close(self) -> None:
         self._consumer.close(autocommit=False, timeout_ms=timeouts.ms(timeouts.CLOSE_TIMEOUT_S))

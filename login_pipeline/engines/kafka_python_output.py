@@ -301,13 +301,7 @@ class _Batch:
         self.delivery = BatchDelivery(route, self._produce)
 
     def _produce(
-        self,
-        topic: str,
-        key: Optional[bytes],
-        value: bytes,
-        headers: Headers,
-        partition: Optional[int],
-        position: int,
+        self, topic: str, key: Optional[bytes], value: bytes, headers: Headers, partition: Optional[int], position: int
     ) -> Optional[ClientError]:
         refused: Optional[ClientError] = None
         try:
