@@ -86,6 +86,7 @@ class BatchDelivery:
     """One batch: its records produced, their answers, what was rerouted, and its report."""
 
     __slots__ = (
+        "_report",
         "pending",
         "records",
         "rerouted",
@@ -107,6 +108,7 @@ class BatchDelivery:
         self._starts: list[int] = []  # the position of each hand-over's first record
         self._failures: list[ClientError] = []  # answers that were not acknowledgements
         self._broken: Optional[str] = None  # a failure not tied to one record
+        self._report: Optional[BatchReport] = None
 
     def send(self, records: HandOver, partitions: Optional[list[int]] = None) -> None:
         """Produce records of one input partition, in order. `partitions`: the output partition of
@@ -173,6 +175,17 @@ class BatchDelivery:
         return self.pending == 0
 
     def report(self, producer_restarts: int = 0) -> BatchReport:
+        """The batch's report, once every record was answered. Final: the batch then lets go of its
+        records and of `produce` (a bound method of the engine's own per-batch state, which refers back
+        to this batch: left in place, each batch would wait for the cyclic collector, and a 200,000
+        record backlog peaked at 441 MB instead of 234)."""
+        if self._report is None:
+            self._report = self._reported(producer_restarts)
+            self._produce = _reported_already
+            self._handovers, self._starts = [], []
+        return self._report
+
+    def _reported(self, producer_restarts: int) -> BatchReport:
         failures = self._failures
         refusal = next((error for error in failures if error.kind is ErrorKind.REFUSED_US), None)
         if refusal is None and self._broken is not None:
@@ -196,6 +209,12 @@ class BatchDelivery:
         error = self._produce(self._route.dlq_topic, key, value, headers, None, position)
         if error is not None:
             self.answered(position, error)
+
+
+def _reported_already(
+    topic: str, key: Optional[bytes], value: bytes, headers: Headers, partition: Optional[int], position: int
+) -> Optional[ClientError]:
+    raise RuntimeError("a reported batch produces nothing more")
 
 
 def route_of(output_topic: str, dlq_topic: str, size_limits: dict[str, int]) -> Route:

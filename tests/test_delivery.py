@@ -115,9 +115,13 @@ def test_a_record_that_cannot_fit_its_topic_is_never_produced_its_refused_form_g
 def test_a_transient_failure_fails_the_batch_and_a_refusal_of_us_wins_the_report():
     batch = batch_of_three(Producer())
     batch.answered(0, TIMED_OUT)
-    batch.answered(1, None)
+    for position in (1, 2):
+        batch.answered(position, None)
     assert batch.report().failure.startswith("1 of 3 records were not acknowledged: KafkaTimeoutError")
     assert not batch.report().refused
+    batch = batch_of_three(Producer())
+    batch.answered(0, TIMED_OUT)
+    batch.answered(1, None)
     batch.answered(2, NOT_AUTHORIZED)
     report = batch.report(producer_restarts=2)
     assert report.refused and report.producer_restarts == 2
@@ -133,3 +137,30 @@ def test_a_failure_not_tied_to_a_record_fails_the_batch():
     batch = BatchDelivery(ROUTE, Producer())
     batch.fail("the partitions of processed-logins are unknown")
     assert batch.all_answered and batch.report().failure == "the partitions of processed-logins are unknown"
+
+
+def test_a_reported_batch_lets_go_of_its_records_and_of_the_engine_state_that_refers_back_to_it():
+    import gc
+    import weakref
+
+    class EngineBatch:  # as each engine's per-batch state: it holds the delivery, whose produce is its own
+        def __init__(self) -> None:
+            self.delivery = BatchDelivery(ROUTE, self.produce)
+
+        def produce(self, topic, key, value, headers, partition, position):
+            return None
+
+    gc.disable()  # only reference counting: a cycle left in place would keep the batch alive
+    try:
+        engine_batch = EngineBatch()
+        records = HandOver.of(Partition("user-login", 0))
+        records.add(0, b"u0", b"{}")
+        engine_batch.delivery.send(records)
+        engine_batch.delivery.answered(0, None)
+        report = engine_batch.delivery.report()
+        gone = weakref.ref(engine_batch)
+        del engine_batch
+        assert gone() is None
+        assert report.failure is None
+    finally:
+        gc.enable()
