@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import bisect
 import enum
-from typing import NamedTuple, Optional, Protocol, cast
+import itertools
+from typing import NamedTuple, Optional, Protocol
 
 from login_pipeline.client import BatchReport, HandOver, Rerouted
 from login_pipeline.results import RECORD_REJECTED, RECORD_TOO_LARGE, Rejection
@@ -42,6 +43,7 @@ from login_pipeline.routing import (
 )
 
 DETAIL_CHARS = 200  # a client error's text is cut to this in a report
+_CLIENT_PARTITIONS = itertools.repeat(None)  # no partition given: the client partitions each record
 
 
 class ErrorKind(enum.Enum):
@@ -121,37 +123,49 @@ class BatchDelivery:
         self._starts.append(self.records)
         position = self.records
         self.records += len(records.offsets)
-        for index, (offset, key, value) in enumerate(zip(records.offsets, records.keys, records.values)):
+        columns = zip(records.offsets, records.keys, records.values, partitions or _CLIENT_PARTITIONS)
+        for index, (offset, key, value, partition) in enumerate(columns):
             source = [*prefix, (SOURCE_OFFSET, str(offset).encode())]
             rejection = rejections.get(index) if rejections else None
             if rejection is None:
                 topic, limit, out_key, out_value, headers = output_topic, output_limit, key, value, source
-                partition = partitions[index] if partitions is not None else None
             else:
                 topic, limit, partition = route.dlq_topic, route.dlq_limit, None
                 out_key, out_value, headers = dead_letter(key, value, rejection, source)
-            out_value = cast(bytes, out_value)  # a login's value is never null
-            if not fits(limit, out_key, out_value, headers):
+            if not fits(limit, out_key, out_value, headers):  # type: ignore[arg-type]  # a login's value is never null
                 kept = KeptRecord(key, value, rejection, source)
                 self._reroute(position, kept, RECORD_TOO_LARGE, "MSG_SIZE_TOO_LARGE")
             else:
                 self.pending += 1
-                error = produce(topic, out_key, out_value, headers, partition, position)
+                error = produce(topic, out_key, out_value, headers, partition, position)  # type: ignore[arg-type]
                 if error is not None:
                     self.answered(position, error)
             position += 1
 
-    def answered(self, position: int, error: Optional[ClientError]) -> None:
-        """The output cluster's answer for the record produced at `position` (None: acknowledged)."""
+    def answered(self, position: Optional[int], error: Optional[ClientError]) -> None:
+        """The output cluster's answer for the record produced at `position` (error None: acknowledged).
+
+        `position` None: the engine cannot tell which record it was; a refused record that cannot be
+        placed is not rerouted, and fails the batch (which is produced again).
+        """
         self.pending -= 1
         if error is None:
             return
-        rerouted_already = any(rerouted.position == position for rerouted in self.rerouted)
-        if error.kind in (ErrorKind.TOO_LARGE, ErrorKind.INVALID) and not rerouted_already:
+        refused_for_what_it_is = error.kind in (ErrorKind.TOO_LARGE, ErrorKind.INVALID)
+        if (
+            refused_for_what_it_is
+            and position is not None
+            and not any(rerouted.position == position for rerouted in self.rerouted)
+        ):
             reason = RECORD_TOO_LARGE if error.kind is ErrorKind.TOO_LARGE else RECORD_REJECTED
             self._reroute(position, self.kept(position), reason, error.name)
         else:
             self._failures.append(error)
+
+    def acknowledged(self) -> None:
+        """A record was acknowledged: `answered(position, None)`, for an engine that learns of an
+        acknowledgement without knowing which record it was (it needs the position only of a failure)."""
+        self.pending -= 1
 
     def fail(self, reason: str) -> None:
         """The batch fails for a reason not tied to one record (the client broke while producing)."""

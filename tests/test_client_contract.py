@@ -43,8 +43,11 @@ class FakeBackend:
     def committed(self) -> dict[int, int]:
         return {partition.partition: offset for partition, offset in self._inputs[-1].committed.items()}
 
-    def output(self, refusing_above: Optional[int] = None) -> Output:
-        output = FakeOutput(refuse_above=refusing_above)
+    def output(self, refusing_above: Optional[int] = None, limits_known: bool = True) -> Output:
+        limits = {"processed-logins": refusing_above or 1_048_576, "user-login-dlq": 1_048_576}
+        output = FakeOutput(
+            size_limits=limits if limits_known else FakeOutput().size_limits, refuse_above=refusing_above
+        )
         self._outputs.append(output)
         return output
 
@@ -102,13 +105,15 @@ class KafkaBackend:
         offsets = committed_offsets(self._kafka.input, self._input_topic, self._group)
         return {partition: offset for partition, offset in offsets.items() if offset is not None}
 
-    def output(self, refusing_above: Optional[int] = None) -> Output:
+    def output(self, refusing_above: Optional[int] = None, limits_known: bool = True) -> Output:
         configs = {"max.message.bytes": str(refusing_above)} if refusing_above is not None else None
         create_topics(self._kafka.output, 1, self._output_topic, configs=configs)
         create_topics(self._kafka.output, 1, self._dlq_topic)
         servers = (self._kafka.output.bootstrap,)
-        # As login_pipeline.engines.connect does: the output is told each topic's limit, read from the cluster.
-        limits = {self._output_topic: refusing_above} if refusing_above is not None else {}
+        # As login_pipeline.engines.connect does: the output is told each topic's limit, read from the
+        # cluster; unknown when the cluster will not describe its topics, and the broker's refusal tells.
+        known = refusing_above is not None and limits_known
+        limits = {self._output_topic: refusing_above} if known else {}
         if self._engine == "confluent-kafka":
             from login_pipeline.engines import confluent
 
@@ -233,6 +238,45 @@ def test_a_record_the_cluster_refuses_as_too_large_is_rerouted_and_reported_at_i
     [(kind, key, value, headers)] = landed[(0, 1)]
     assert (kind, key, value) == ("dlq", b"u1", b"")
     assert headers["dlq.reason"] == b"record_too_large" and headers["dlq.value_bytes"] == b"8000"
+
+
+@pytest.fixture(
+    params=["fake", pytest.param("confluent-kafka", marks=pytest.mark.kafka)],
+)
+def backend_refused_by_the_broker(request):
+    """kafka-python is not among them: its idempotent producer takes a broker's refusal of a one-record
+    batch as fatal, so that engine depends on knowing the limits before it sends."""
+    harness = (
+        FakeBackend()
+        if request.param == "fake"
+        else KafkaBackend(request.param, request.getfixturevalue("plain_kafka"))
+    )
+    yield harness
+    harness.close()
+
+
+def test_with_the_limits_unknown_a_record_the_broker_refuses_is_still_rerouted_at_its_position(
+    backend_refused_by_the_broker,
+):
+    """At the latest when the batch is produced again, as the run loop does with a failed one."""
+    backend = backend_refused_by_the_broker
+    output = backend.output(refusing_above=REFUSED_BYTES, limits_known=False)
+    for attempt in (1, 2):
+        output.send(handover(0, [(1, b"u1", b"x" * (2 * REFUSED_BYTES), None)]))
+        output.end_batch()
+        report = reports(output, 1)[0]
+        if report.failure is None:
+            break
+        assert attempt == 1 and not report.refused, report
+    assert report.failure is None and report.rerouted == (Rerouted(0, RECORD_TOO_LARGE),)
+    output.send(handover(0, [(2, b"u2", b'{"user_id": "u2"}', None)]))  # the partition moves on
+    output.end_batch()
+    assert reports(output, 1)[0].failure is None
+    landed = backend.landed()
+    assert [(kind, key, value, headers["dlq.reason"]) for kind, key, value, headers in landed[(0, 1)]] == [
+        ("dlq", b"u1", b"", b"record_too_large")
+    ]
+    assert [kind for kind, *_ in landed[(0, 2)]] == ["output"]
 
 
 def test_size_limits_name_both_topics_and_never_exceed_a_request(backend):

@@ -164,3 +164,13 @@ def test_a_reported_batch_lets_go_of_its_records_and_of_the_engine_state_that_re
         assert report.failure is None
     finally:
         gc.enable()
+
+
+def test_a_refused_record_the_engine_cannot_place_fails_the_batch_instead_of_a_guess():
+    producer = Producer()
+    batch = batch_of_three(producer)
+    batch.answered(None, ClientError(ErrorKind.TOO_LARGE, "MSG_SIZE_TOO_LARGE"))
+    for position in (1, 2):
+        batch.answered(position, None)
+    assert len(producer.produced) == 3  # nothing rerouted
+    assert batch.all_answered and batch.report().failure.startswith("1 of 3 records were not acknowledged")
