@@ -140,9 +140,12 @@ class Output(Protocol):
       order they were closed: no failure only when every record was acknowledged (acks=all,
       idempotent). With `timeout_s` None it waits up to its own acknowledgement timeout and raises
       OutputGone past it; with a number it returns None when nothing came in that time.
-    - Every record is routed: a dead letter with a null value goes with an empty value and the
+    - Every record is routed (login_pipeline.delivery, the same for every engine and the test
+      fake): a dead letter with a null value goes with an empty value and the
       header dlq.null_value=true; a record the cluster refuses for what it is (too large, invalid)
-      goes to the dead-letter topic without its value and is listed in the report as rerouted;
+      goes to the dead-letter topic without its value and is listed in the report as rerouted (at
+      the latest when its failed batch is produced again, should the client not say which record
+      it was);
       transient failures fail the batch, for the run loop to retry; a refusal of the pipeline
       itself (a missing ACL, a rejected password) fails it as `refused`, and the run loop stops.
     - `close()` stops producing; what was not acknowledged is not reported.

@@ -2,9 +2,10 @@
 
 Designed for librdkafka rather than translated from the kafka-python engine: its producer already
 batches, compresses and sends on its own C threads, so it runs in the run loop's process, with no
-child process and no pickling. Delivery reports, served by `poll`, decide acknowledgement; a record
-is keyed by user id and partitioned by librdkafka's `murmur2_random`, the Java client's rule, so a
-user's records land where the kafka-python engine puts them.
+child process and no pickling. Delivery reports, served by `poll`, answer the delivery core
+(login_pipeline.delivery), which decides what becomes of each record; a record is keyed by user id
+and partitioned by librdkafka's `murmur2_random`, the Java client's rule, so a user's records land
+where the kafka-python engine puts them.
 """
 
 from __future__ import annotations

@@ -12,12 +12,15 @@ output process has reported that every record of the batch was acknowledged by t
   side of the pipe: the child is the busier process (py-spy under load: the child never idle, the
   run loop idle half its time), and this moved 11 % of the child's time to the parent (1.19x the
   throughput, side by side on real brokers).
-- A record too large for its topic is refused before it is sent: kafka-python's idempotent
-  producer treats a broker's refusal of a one-record batch as fatal. A producer left fatal all the
-  same is replaced by a new one, and the batches it failed are retried.
+- What becomes of each record (routing, size limits, rerouting, the report) is the delivery core's
+  (login_pipeline.delivery); the child produces, hands kafka-python's answers back in order, and
+  classifies its errors. A record too large for its topic is never sent (the core checks first):
+  kafka-python's idempotent producer treats a broker's refusal of a one-record batch as fatal, so
+  this engine relies on the topics' limits read at start. A producer left fatal all the same is
+  replaced by a new one, and the batches it failed are retried.
 - An exception the child did not expect fails the batch it happened in; the child never dies of it.
-- The child ignores SIGINT and SIGTERM (the parent decides when to stop) and exits when the parent
-  closes it or disappears, so it never outlives the processor.
+- The child is run by login_pipeline.child_process (signals ignored, typed messages, a bounded
+  stop), and exits when the parent closes it or disappears, so it never outlives the processor.
 """
 
 from __future__ import annotations
