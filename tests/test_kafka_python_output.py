@@ -19,7 +19,14 @@ from kafka.errors import (
 from login_pipeline.client import BatchReport, HandOver
 from login_pipeline.delivery import ErrorKind, Route
 from login_pipeline.engines import kafka_python_output
-from login_pipeline.engines.kafka_python_output import _Batch, _report_settled, classified, key_hashes, murmur2
+from login_pipeline.engines.kafka_python_output import (
+    _Batch,
+    _LearnedLimits,
+    _report_settled,
+    classified,
+    key_hashes,
+    murmur2,
+)
 from login_pipeline.results import MALFORMED_JSON, Rejection
 
 ROUTE = Route("processed-logins", "user-login-dlq", 1_048_576, 1_048_576)
@@ -35,7 +42,8 @@ class Pipe:
 
 def test_producer_restarts_ride_on_the_next_report_once():
     pipe = Pipe()
-    unreported: deque[_Batch] = deque([_Batch(ROUTE, None), _Batch(ROUTE, None)])  # nothing sent: settled at once
+    limits = _LearnedLimits(ROUTE)
+    unreported: deque[_Batch] = deque([_Batch(limits, None), _Batch(limits, None)])  # nothing sent: settled at once
     assert _report_settled(pipe, unreported, restarts=2) == 0  # type: ignore[arg-type]
     assert [report.producer_restarts for report in pipe.sent] == [2, 0]
     assert all(report.failure is None for report in pipe.sent)
@@ -70,3 +78,13 @@ def test_only_the_logins_keys_are_hashed_never_a_dead_letters(monkeypatch):
 )
 def test_kafka_python_errors_are_classified_for_the_delivery_core(error, kind):
     assert classified(error).kind is kind and classified(error).name == type(error).__name__
+
+
+def test_a_size_the_broker_refused_becomes_the_limit_and_only_ever_lowers_it():
+    limits = _LearnedLimits(ROUTE)
+    limits.refused("processed-logins", 5_000)
+    assert limits.route.output_limit == 4_999 and limits.route.dlq_limit == ROUTE.dlq_limit
+    limits.refused("processed-logins", 9_000)  # larger than what is already refused: nothing to learn
+    assert limits.route.output_limit == 4_999
+    limits.refused("user-login-dlq", 100)
+    assert limits.route.dlq_limit == 99

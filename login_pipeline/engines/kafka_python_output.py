@@ -219,9 +219,9 @@ def _serve(
         return
     connection.send(Started())
     gc_tuning.freeze_startup_objects()
-    route = route_of(output_topic, dlq_topic, size_limits)
+    limits = _LearnedLimits(route_of(output_topic, dlq_topic, size_limits))
     partitioner = _Partitioner(producer, output_topic)
-    batch = _Batch(route, producer)
+    batch = _Batch(limits, producer)
     unreported: deque[_Batch] = deque()
     restarts = 0  # producers replaced since the last report
     try:
@@ -236,6 +236,8 @@ def _serve(
                 return  # the parent is gone: nothing it did not see acknowledged was committed
             kind = type(message)
             if kind is Records:
+                if batch.delivery.records == 0 and batch.route is not limits.route:
+                    batch = _Batch(limits, producer)  # nothing in it yet: it takes what was learned since
                 try:
                     partitions = partitioner.partitions(message.key_hashes)
                     if partitions is None:
@@ -255,7 +257,7 @@ def _serve(
                     partitioner = _Partitioner(producer, output_topic)
                     restarts += 1
                 partitioner.refresh()
-                batch = _Batch(route, producer)
+                batch = _Batch(limits, producer)
             elif kind is Close:
                 return
             else:  # cannot happen but by a bug: the batch fails and is retried, the child lives on
@@ -293,15 +295,41 @@ class _Partitioner:
         return [partition_of(key_hash, count) for key_hash in key_hashes]
 
 
+class _LearnedLimits:
+    """The topics' size limits, lowered by what the broker refused.
+
+    kafka-python's idempotent producer takes a broker's refusal of a record as too large as fatal:
+    the record cannot be rerouted by that producer, and its batch fails. Where the limits could not
+    be read at start, the same record would be refused at every retry, and its partition would
+    stall. So a refused size becomes the limit: when the batch is produced again, the delivery core
+    finds the record too large before sending it, and reroutes it.
+    """
+
+    def __init__(self, route: Route) -> None:
+        self.route = route
+
+    def refused(self, topic: str, key_and_value_bytes: int) -> None:
+        limit = max(key_and_value_bytes - 1, 0)
+        if topic == self.route.output_topic and limit < self.route.output_limit:
+            self.route = self.route._replace(output_limit=limit)
+        elif topic == self.route.dlq_topic and limit < self.route.dlq_limit:
+            self.route = self.route._replace(dlq_limit=limit)
+        else:
+            return
+        log.warning("%s refused a record of %d bytes; smaller records only from now on", topic, key_and_value_bytes)
+
+
 class _Batch:
     """One batch in the child: the delivery core (login_pipeline.delivery), and kafka-python's
     futures by position, answered in order as they complete."""
 
-    def __init__(self, route: Route, producer: KafkaProducer) -> None:
+    def __init__(self, limits: _LearnedLimits, producer: KafkaProducer) -> None:
         self._producer = producer
+        self._limits = limits
+        self.route = limits.route
         self.futures: list = []  # kafka-python's FutureRecordMetadata, or None once answered, by position
         self.answered = 0  # futures answered so far, in order
-        self.delivery = BatchDelivery(route, self._produce)
+        self.delivery = BatchDelivery(self.route, self._produce)
 
     def _produce(
         self, topic: str, key: Optional[bytes], value: bytes, headers: Headers, partition: Optional[int], position: int
@@ -329,10 +357,22 @@ class _Batch:
                 return False
             futures[self.answered] = None
             position = self.answered
-            self.delivery.answered(position, None if future.succeeded() else classified(future.exception))
+            error = None if future.succeeded() else classified(future.exception)
+            if error is not None and error.kind is ErrorKind.TOO_LARGE:
+                self._learn(position)
+            self.delivery.answered(position, error)
             if futures[position] is None:  # not rerouted: the next one
                 self.answered += 1
         return self.delivery.all_answered
+
+    def _learn(self, position: int) -> None:
+        """The record handed over at `position` was refused as too large, as a login or a dead letter."""
+        if any(rerouted.position == position for rerouted in self.delivery.rerouted):
+            return  # its small refused form was: nothing to learn of the record's size
+        record = self.delivery.kept(position)
+        route = self._limits.route
+        topic = route.output_topic if record.rejection is None else route.dlq_topic
+        self._limits.refused(topic, len(record.key or b"") + len(record.value or b""))
 
 
 def classified(error: Exception) -> ClientError:
