@@ -41,12 +41,19 @@ def test_every_image_names_a_tag_and_only_the_upstream_generator_uses_latest():
 def test_each_broker_is_its_own_cluster_on_one_zookeeper_reachable_from_host_and_network(service, chroot, host_port):
     env = SERVICES[service]["environment"]
     assert env["KAFKA_ZOOKEEPER_CONNECT"] == f"zookeeper:2181/{chroot}"
-    assert SERVICES[service]["ports"] == [f"{host_port}:{host_port}"]
+    assert SERVICES[service]["ports"] == [f"127.0.0.1:{host_port}:{host_port}"]
     assert env["KAFKA_LISTENERS"] == f"INTERNAL://0.0.0.0:9092,EXTERNAL://0.0.0.0:{host_port}"
     assert env["KAFKA_ADVERTISED_LISTENERS"] == f"INTERNAL://{service}:9092,EXTERNAL://localhost:{host_port}"
     assert env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"] == "INTERNAL:PLAINTEXT,EXTERNAL:PLAINTEXT"
     assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] == "INTERNAL"
     assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == 1  # a single broker cannot hold 3 replicas
+
+
+def test_every_published_port_listens_on_this_host_only():
+    """PLAINTEXT brokers with no authorizer, published on every interface, would let anyone on the LAN
+    read raw ip and device_id from user-login and write the topics the processor reads back."""
+    published = [(name, port) for name, service in SERVICES.items() for port in service.get("ports", [])]
+    assert published and all(str(port).startswith("127.0.0.1:") for _, port in published), published
 
 
 def test_the_host_addresses_are_the_processors_defaults():
