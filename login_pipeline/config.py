@@ -11,7 +11,7 @@ import os
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, get_type_hints
+from typing import Any, Callable, NoReturn, get_type_hints
 
 from dotenv import load_dotenv
 
@@ -315,19 +315,35 @@ class Config:
         return f"Config({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # argparse quotes the arguments it did not recognise: one may be a secret given as a flag.
+        if message.startswith("unrecognized arguments"):
+            message = "unrecognized arguments (not shown): see --help; secrets come from the environment or a file"
+        super().error(message)
+
+
 def argument_parser(description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _ArgumentParser(
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Each flag overrides the environment variable of the same name, which overrides .env.",
+        epilog="Each flag overrides the environment variable of the same name, which overrides .env. "
+        "Secrets (PII_HASH_KEY, SASL_PASSWORD) come from the environment or a file, never a flag.",
+        allow_abbrev=False,  # else --pii-hash-key would pass for --pii-hash-key-file, with the key as a path
     )
     for setting in SETTINGS:
         default = "unset" if setting.default is None else setting.default
+        flag = f"--{setting.env.lower().replace('_', '-')}"
+        if setting.secret:  # never on a command line, where /proc/PID/cmdline shows it to every local user
+            parser.add_argument(
+                f"{flag}-file",
+                dest=f"{setting.env}_FILE",
+                metavar="PATH",
+                help=f"{setting.help}: read from this file [env {setting.env}, or a file named by {setting.env}_FILE]",
+            )
+            continue
         parser.add_argument(
-            f"--{setting.env.lower().replace('_', '-')}",
-            dest=setting.env,
-            metavar="VALUE",
-            help=f"{setting.help} [env {setting.env}, default {'hidden' if setting.secret else default}]",
+            flag, dest=setting.env, metavar="VALUE", help=f"{setting.help} [env {setting.env}, default {default}]"
         )
     parser.add_argument("--env-file", default=".env", metavar="PATH", help="dotenv file to read (default .env)")
     return parser
@@ -339,8 +355,21 @@ def load(argv: list[str] | None, description: str, environ: dict[str, str] | Non
     if environ is None:
         load_dotenv(Path(args.env_file), override=False)
         environ = dict(os.environ)
-    raw = {s.env: _pick(getattr(args, s.env), environ.get(s.env), s.default) for s in SETTINGS}
+    raw = {s.env: _pick(_given(s, args, environ), environ.get(s.env), s.default) for s in SETTINGS}
     return validate(raw)
+
+
+def _given(setting: Setting, args: argparse.Namespace, environ: dict[str, str]) -> str | None:
+    """A setting's value from its flag; a secret's from the file its flag or <NAME>_FILE names."""
+    if not setting.secret:
+        return getattr(args, setting.env)
+    path = getattr(args, f"{setting.env}_FILE") or environ.get(f"{setting.env}_FILE")
+    if not path:
+        return None
+    try:
+        return Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{setting.env}_FILE={_shown(path)} cannot be read ({type(error).__name__})") from None
 
 
 def _pick(flag: str | None, env: str | None, default: str | None) -> str | None:

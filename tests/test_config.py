@@ -145,14 +145,14 @@ def test_help_documents_every_setting(capsys):
         "--output-topic",
         "--dlq-topic",
         "--consumer-group",
-        "--pii-hash-key",
+        "--pii-hash-key-file",
         "--insights-every",
         "--batch-size",
         "--security-protocol",
         "--kafka-client",
         "--sasl-mechanism",
         "--sasl-username",
-        "--sasl-password",
+        "--sasl-password-file",
         "--ssl-cafile",
     ):
         assert flag in text
@@ -232,3 +232,27 @@ def test_every_config_field_is_set_by_exactly_one_setting():
     assert len(paths) == len(set(paths))
     config = defaults()  # a field no setting sets has no default here: building the record would fail
     assert config.windows.size_s == 60 and config.alerts.login_burst.window_s == 60 and config.metrics_port == 9400
+
+
+@pytest.mark.parametrize("flag", ["--pii-hash-key", "--sasl-password", "--pii-hash", "--sasl-pass"])
+def test_no_secret_is_taken_from_the_command_line_not_even_by_an_abbreviation(flag, capsys):
+    with pytest.raises(SystemExit):
+        load([flag, "a-secret-of-at-least-16-bytes"], "test", environ={})
+    assert "a-secret-of-at-least-16-bytes" not in capsys.readouterr().err
+
+
+def test_secrets_come_from_the_environment_or_from_a_file_a_flag_or_NAME_FILE_names(tmp_path):
+    key_file, password_file = tmp_path / "key", tmp_path / "password"
+    key_file.write_text("key-from-a-file-0123456789\n")
+    password_file.write_text("password-from-a-file")
+    sasl = {"SECURITY_PROTOCOL": "SASL_PLAINTEXT", "SASL_MECHANISM": "PLAIN", "SASL_USERNAME": "u"}
+    config = load(
+        ["--pii-hash-key-file", str(key_file)], "test", environ={**sasl, "SASL_PASSWORD_FILE": str(password_file)}
+    )
+    assert config.pii_hash_key == b"key-from-a-file-0123456789" and config.sasl_password == "password-from-a-file"
+    assert (
+        load([], "test", environ={"PII_HASH_KEY": "key-from-the-environment"}).pii_hash_key
+        == b"key-from-the-environment"
+    )
+    with pytest.raises(ConfigError, match="PII_HASH_KEY_FILE=.* cannot be read"):
+        load([], "test", environ={"PII_HASH_KEY_FILE": str(tmp_path / "missing")})
