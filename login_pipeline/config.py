@@ -164,6 +164,12 @@ SETTINGS = (
         _pii_key,
         secret=True,
     ),
+    Setting(
+        "REQUIRE_PII_HASH_KEY",
+        "off",
+        "on: a missing or empty PII_HASH_KEY stops the processor (exit 2) instead of hashing with a random key",
+        _on_off,
+    ),
     Setting("INSIGHTS_EVERY", "100", "print insights every N messages", _whole_number(1, MAX_INSIGHTS_EVERY)),
     Setting(
         "BATCH_SIZE",
@@ -289,6 +295,7 @@ class Config:
     dlq_topic: str
     consumer_group: str
     pii_hash_key: bytes | None
+    require_pii_hash_key: bool
     insights_every: int
     batch_size: int
     kafka_client: str
@@ -389,6 +396,12 @@ def validate(raw: dict[str, str | None]) -> Config:
         for name in ("SASL_USERNAME", "SASL_PASSWORD"):
             if not values[name]:
                 raise ConfigError(f"{name} is required with SECURITY_PROTOCOL={protocol}")
+    if values["REQUIRE_PII_HASH_KEY"] and values["PII_HASH_KEY"] is None:
+        # An empty or forgotten key would give each replica a random key of its own: hashes that never match.
+        raise ConfigError(
+            "PII_HASH_KEY is required (REQUIRE_PII_HASH_KEY=on): set it to the key every instance shares, "
+            "at least 16 bytes; generate one with: python -c 'import secrets; print(secrets.token_hex(32))'"
+        )
     written = ("OUTPUT_TOPIC", "DLQ_TOPIC", "INSIGHTS_TOPIC", "ALERTS_TOPIC")
     for index, name in enumerate(written):
         for other in written[index + 1 :]:

@@ -256,3 +256,11 @@ def test_secrets_come_from_the_environment_or_from_a_file_a_flag_or_NAME_FILE_na
     )
     with pytest.raises(ConfigError, match="PII_HASH_KEY_FILE=.* cannot be read"):
         load([], "test", environ={"PII_HASH_KEY_FILE": str(tmp_path / "missing")})
+
+
+@pytest.mark.parametrize("key", [None, "", "   "])
+def test_with_the_key_required_a_missing_or_empty_one_is_one_line_not_a_random_key(key):
+    environ = {"REQUIRE_PII_HASH_KEY": "on"} | ({} if key is None else {"PII_HASH_KEY": key})
+    with pytest.raises(ConfigError, match=r"^PII_HASH_KEY is required \(REQUIRE_PII_HASH_KEY=on\)"):
+        load([], "test", environ=environ)
+    assert load([], "test", environ={**environ, "PII_HASH_KEY": "the-groups-key-0123"}).require_pii_hash_key

@@ -172,3 +172,7 @@ def test_the_file_is_valid_against_the_compose_specification():
 )
 def test_the_schema_check_catches_what_docker_compose_config_would_refuse(mistake):
     assert list(validator().iter_errors(mistake))
+
+
+def test_the_compose_processor_requires_the_shared_key_instead_of_a_random_one_per_replica():
+    assert SERVICES["processor"]["environment"]["REQUIRE_PII_HASH_KEY"] == "on"

@@ -158,6 +158,7 @@ def test_the_kubernetes_deployment_probes_drains_and_keeps_secrets_in_a_secret()
     for secret in ("PII_HASH_KEY", "SASL_PASSWORD"):
         assert "value" not in env[secret] and env[secret]["valueFrom"]["secretKeyRef"]["key"] == secret
     assert set(env) <= {setting.env for setting in SETTINGS}
+    assert env["REQUIRE_PII_HASH_KEY"]["value"] == "on"  # replicas must share one key: none is no random one
     resources = container["resources"]
     assert resources["requests"]["memory"] and resources["limits"]["memory"]
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
