@@ -52,6 +52,11 @@ class ErrorKind(enum.Enum):
     INVALID = "invalid"  # refused as an invalid record: rerouted
     REFUSED_US = "refused us"  # the cluster refuses the pipeline itself: no retry can succeed
 
+    @property
+    def refuses_the_record(self) -> bool:
+        """Refused for what the record is (too large, invalid): it is rerouted, never retried as it is."""
+        return self is ErrorKind.TOO_LARGE or self is ErrorKind.INVALID
+
 
 class ClientError(NamedTuple):
     kind: ErrorKind
@@ -151,16 +156,15 @@ class BatchDelivery:
         self.pending -= 1
         if error is None:
             return
-        refused_for_what_it_is = error.kind in (ErrorKind.TOO_LARGE, ErrorKind.INVALID)
-        if (
-            refused_for_what_it_is
-            and position is not None
-            and not any(rerouted.position == position for rerouted in self.rerouted)
-        ):
+        if error.kind.refuses_the_record and position is not None and not self.rerouted_at(position):
             reason = RECORD_TOO_LARGE if error.kind is ErrorKind.TOO_LARGE else RECORD_REJECTED
             self._reroute(position, self.kept(position), reason, error.name)
         else:
             self._failures.append(error)
+
+    def rerouted_at(self, position: int) -> bool:
+        """Whether the record at `position` was rerouted already (its refused form is what was answered)."""
+        return any(rerouted.position == position for rerouted in self.rerouted)
 
     def acknowledged(self) -> None:
         """A record was acknowledged: `answered(position, None)`, for an engine that learns of an

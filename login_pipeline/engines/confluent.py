@@ -364,7 +364,7 @@ class _Batch:
             self.delivery.acknowledged()
             return
         refusal = classified(error)
-        if refusal.kind in (ErrorKind.TOO_LARGE, ErrorKind.INVALID):
+        if refusal.kind.refuses_the_record:
             self._on_unplaced()
         self.delivery.answered(None, refusal)
 

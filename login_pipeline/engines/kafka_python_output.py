@@ -367,7 +367,7 @@ class _Batch:
 
     def _learn(self, position: int) -> None:
         """The record handed over at `position` was refused as too large, as a login or a dead letter."""
-        if any(rerouted.position == position for rerouted in self.delivery.rerouted):
+        if self.delivery.rerouted_at(position):
             return  # its small refused form was: nothing to learn of the record's size
         record = self.delivery.kept(position)
         route = self._limits.route
