@@ -15,10 +15,13 @@ from __future__ import annotations
 import bisect
 import ipaddress
 import socket
-from typing import NamedTuple
+
+import msgspec
 
 
-class ClassifiedIp(NamedTuple):
+class ClassifiedIp(msgspec.Struct, frozen=True, gc=False):
+    """A msgspec Struct, not a NamedTuple: one is made per login, in 0.05 us against 0.2 us (timeit)."""
+
     canonical: str  # the text that is hashed
     version: int  # 4 or 6, after IPv4-mapped IPv6 became IPv4
     is_public: bool
@@ -27,14 +30,23 @@ class ClassifiedIp(NamedTuple):
 def classify_ip(text: str) -> ClassifiedIp | None:
     """The canonical form, version and public flag of an IPv4 or IPv6 literal; None when it is neither.
 
-    IPv4, nearly every login, takes a fast path: C parsing (which refuses leading zeros) and a
-    binary search over the non-public ranges instead of ipaddress (measured: about 2 us a message saved).
+    IPv4, nearly every login, takes a fast path: C parsing (which refuses leading zeros), then the
+    first byte alone answers for most addresses (_PUBLIC_BY_FIRST_BYTE), a binary search over the
+    non-public ranges for the rest; ipaddress only for IPv6 (0.17 us an IPv4 address, against 0.62 us
+    with the search for every address and 2.6 us with ipaddress; timeit).
     """
     try:
-        packed = socket.inet_pton(socket.AF_INET, text)
+        packed = _inet_pton(_AF_INET, text)
     except (OSError, ValueError):  # ValueError: an embedded NUL
         return _classify_ipv6(text)
-    return ClassifiedIp(text, 4, _ipv4_is_public(int.from_bytes(packed, "big")))
+    public = _PUBLIC_BY_FIRST_BYTE[packed[0]]
+    if public is None:
+        public = _ipv4_is_public(int.from_bytes(packed, "big"))
+    return ClassifiedIp(text, 4, public)
+
+
+_inet_pton = socket.inet_pton
+_AF_INET = socket.AF_INET
 
 
 def _classify_ipv6(text: str) -> ClassifiedIp | None:
@@ -93,6 +105,20 @@ _NON_PUBLIC_IPV4 = _ranges(
     )
 )
 _NON_PUBLIC_IPV4_STARTS = [start for start, _ in _NON_PUBLIC_IPV4]
+
+
+def _public_by_first_byte() -> tuple[bool | None, ...]:
+    """For each first byte: True or False when every address under it is public or is not; None when mixed."""
+    answers: list[bool | None] = []
+    for first in range(256):
+        low, high = first << 24, (first << 24) | 0xFFFFFF
+        overlapping = [(start, end) for start, end in _NON_PUBLIC_IPV4 if start <= high and end >= low]
+        covered = any(start <= low and high <= end for start, end in overlapping)
+        answers.append(False if covered else True if not overlapping else None)
+    return tuple(answers)
+
+
+_PUBLIC_BY_FIRST_BYTE = _public_by_first_byte()
 
 _NAT64_PREFIX = int(ipaddress.IPv6Address("64:ff9b::")) >> 32
 

@@ -1,5 +1,7 @@
 """IP literals: one canonical text per address, and a public flag from fixed tables, the same on every Python."""
 
+import ipaddress
+
 import pytest
 
 from login_pipeline.addresses import ClassifiedIp, classify_ip
@@ -135,3 +137,13 @@ def test_what_is_not_a_plain_ip_literal_is_refused(text):
 
 def test_the_result_is_a_typed_record():
     assert classify_ip("1.2.3.4") == ClassifiedIp("1.2.3.4", 4, True)
+
+
+def test_the_first_byte_shortcut_answers_as_the_range_search_for_every_range_edge():
+    from login_pipeline.addresses import _NON_PUBLIC_IPV4, _ipv4_is_public
+
+    edges = {edge + step for start, end in _NON_PUBLIC_IPV4 for edge in (start, end) for step in (-1, 0, 1)}
+    edges |= {first << 24 | low for first in range(256) for low in (0, 0xFFFFFF, 0x7F0000)}
+    for number in sorted(n for n in edges if 0 <= n < 2**32):
+        text = str(ipaddress.IPv4Address(number))
+        assert classify_ip(text).is_public == _ipv4_is_public(number), text

@@ -323,3 +323,77 @@ def test_every_output_matches_the_shipped_json_schema(body):
 def test_the_schema_rejects_a_raw_ip():
     record = {**run(event()).record, "ip": "108.228.145.239"}
     assert not SCHEMA.is_valid(record)
+
+
+# -- The C decoder of the usual shape never reads a message differently from the general one -------
+# process_message decodes with msgspec (LoginEvent) first and falls back to orjson (_decode_any_shape)
+# on anything msgspec refuses. Were msgspec ever to accept what orjson refuses or reads otherwise, the
+# rules would change with the decoder: so it is fuzzed the way an attacker would write JSON, byte by
+# byte, with the pieces where JSON parsers disagree.
+WHITESPACE = [b"", b" ", b"\t", b"\n", b"\r", b"\x0c", b"\xc2\xa0", b"\x00"]
+KEYS = [f'"{name}"'.encode() for name in SAMPLE] + [b'"user\\u005fid"', b'"extra"', b'"USER_ID"', b'"ip\\u0000"']
+STRING_PIECES = [
+    b"a",
+    b"1.2.3.4",
+    b"1720576825",
+    b"\\u0000",
+    b"\\ud800",
+    b"\\udc00",
+    b"\\ud83d\\ude00",
+    b'\\"',
+    b"\\\\",
+    b"\\/",
+    b"\\x",
+    b"\x01",
+    b"\x7f",
+    b"\xc3\xa9",
+    b"\xff",
+    b"\xc3",
+    b"\xed\xa0\x80",  # a surrogate encoded in UTF-8
+    b"\xf4\x90\x80\x80",  # past U+10FFFF
+]
+NUMBERS = [b"0", b"-0", b"1720576825", b"1720576825.0", b"1.72e9", b"1e400", b"-1e400", b"9223372036854775807"]
+NUMBERS += [b"9223372036854775808", b"18446744073709551616", b"-9223372036854775809", b"01", b"+1", b"NaN"]
+NUMBERS += [b"Infinity", b"0x10", b"1_000"]
+json_strings = st.lists(st.sampled_from(STRING_PIECES), max_size=4).map(lambda pieces: b'"' + b"".join(pieces) + b'"')
+json_scalars = st.one_of(
+    json_strings, st.sampled_from(NUMBERS), st.sampled_from([b"true", b"false", b"null", b"[]", b"{}", b'["a"]'])
+)
+members = st.tuples(st.sampled_from(KEYS), st.sampled_from(WHITESPACE), json_scalars).map(
+    lambda member: member[0] + member[1] + b":" + member[1] + member[2]
+)
+
+
+@st.composite
+def attacker_json(draw) -> bytes:
+    """The usual event's members in any order, some replaced or joined by hostile ones, in hostile framing."""
+    chosen = [f'"{name}":'.encode() + json.dumps(value).encode() for name, value in SAMPLE.items()]
+    for _ in range(draw(st.integers(0, 3))):
+        chosen.pop(draw(st.integers(0, len(chosen) - 1)))
+    chosen += draw(st.lists(members, max_size=3))
+    chosen = draw(st.permutations(chosen))
+    around = draw(st.sampled_from(WHITESPACE[:5] * 3 + WHITESPACE[5:]))
+    trailing = draw(st.sampled_from([b""] * 6 + [b"x", b"{}", b"\xff", b","]))
+    return around + b"{" + b",".join(chosen) + b"}" + around + trailing
+
+
+@settings(max_examples=3000, deadline=None)
+@given(attacker_json())
+def test_the_fast_decoder_accepts_only_what_the_general_one_reads_the_same(raw):
+    from kafka_consumer_processor import _decode_any_shape, _decode_common_shape
+
+    try:
+        fast = _decode_common_shape(raw)
+    except Exception:
+        return  # refused: the general decoder decides, as it always did
+    general = _decode_any_shape(raw, NOW)
+    if isinstance(general, Rejection):
+        assert run(raw) == general  # only a rule after decoding (an empty user_id, a timestamp) can say so
+    else:
+        assert general == fast
+
+
+def test_the_usual_event_takes_the_fast_decoder():
+    from kafka_consumer_processor import LoginEvent, _decode_common_shape
+
+    assert _decode_common_shape(event()) == LoginEvent(**SAMPLE)
