@@ -15,7 +15,7 @@ from login_pipeline.client import Input, Output, StartupError
 from login_pipeline.config import Config
 from login_pipeline.events import Observer, Observers
 from login_pipeline.health import Health
-from login_pipeline.live import KEPT_WINDOWS, FeedReader, GroupView, Live, LiveSettings
+from login_pipeline.live import Live, LiveSettings
 from login_pipeline.live_observer import LiveObserver
 from login_pipeline.live_process import LiveProcess
 from login_pipeline.metrics import BuildInfo, PipelineMetrics
@@ -106,21 +106,19 @@ def main(config: Config, process: Process, pseudonymize: Callable[[str], str]) -
     except StartupError as error:
         log.error("%s", error)
         return 1
-    live: Optional[Live] = None
-    view = feed = None
+    live: Optional[LiveProcess] = None
     if config.live_insights:
+        # The group's view is read back only for the HTTP server to show, in the live insights' process.
+        feed = partial(engines.live_feed, config) if config.metrics_port else None
         try:
             live = LiveProcess(
-                live_settings(config), config.log_format, pseudonymize, partial(engines.live_publisher, config)
+                live_settings(config), config.log_format, pseudonymize, partial(engines.live_publisher, config), feed
             )
         except StartupError as error:
             log.error("%s", error)
             consumer.close()  # the consumer (not yet subscribed), and the output process it started
             output.close()
             return 1
-        if config.metrics_port:  # the group's view is read back only for the HTTP server to show
-            view = GroupView(config.insights_topic, config.alerts_topic)
-            feed = engines.live_feed(config, time.time() - KEPT_WINDOWS * config.windows.size_s)
     pipeline = assemble(config, process, consumer, output, stop, live=live)
     log.info(
         "consuming %s from %s as group %s; output %s, dead letters %s on %s",
@@ -132,19 +130,14 @@ def main(config: Config, process: Process, pseudonymize: Callable[[str], str]) -
         ",".join(config.output_bootstrap_servers),
     )
     gc_tuning.freeze_startup_objects()
-    reader = FeedReader(feed, view).start() if view is not None and feed is not None else None
-    pages = web.pages(pipeline.this_instance, view) if view is not None else {}
-    try:
-        with serving(
-            config.metrics_host,
-            config.metrics_port,
-            pipeline.metrics.registry,
-            pipeline.health.liveness,
-            pipeline.health.readiness,
-            lambda: engines.probes(config),
-            pages,
-        ):
-            return pipeline.run()
-    finally:
-        if reader is not None:
-            reader.stop()
+    pages = web.pages(pipeline.this_instance, live.group) if live is not None and config.metrics_port else {}
+    with serving(
+        config.metrics_host,
+        config.metrics_port,
+        pipeline.metrics.registry,
+        pipeline.health.liveness,
+        pipeline.health.readiness,
+        lambda: engines.probes(config),
+        pages,
+    ):
+        return pipeline.run()

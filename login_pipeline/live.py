@@ -11,7 +11,8 @@ Two halves, meeting only in Kafka:
   back for them.
 - `GroupView`, fed by a `FeedReader` thread from the login-insights and login-alerts topics: every
   instance's partial records, validated against schemas/ and merged per window, and the recent
-  alerts. So any instance's /api/insights and dashboard show the whole group.
+  alerts. So any instance's /api/insights and dashboard show the whole group. It runs in the live
+  insights' process too, so reading a backlog of those topics never competes with the run loop.
 """
 
 from __future__ import annotations
@@ -59,6 +60,14 @@ class Live(Protocol):
     def flush(self, reason: str, timeout_s: float) -> None: ...
     def snapshot(self) -> dict[str, Any]: ...
     def close(self) -> None: ...
+
+
+class GroupReadings(Protocol):
+    """What the HTTP server shows of the group: GroupView, or the live insights' process asked for it."""
+
+    def windows(self) -> list[dict[str, Any]]: ...
+    def totals(self) -> dict[str, Any]: ...
+    def alerts(self) -> list[dict[str, Any]]: ...
 
 
 def instance_name() -> str:

@@ -25,16 +25,18 @@ from __future__ import annotations
 
 import itertools
 import logging
+import multiprocessing
 import threading
-from multiprocessing.connection import Connection
+import time
+from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, NamedTuple, Optional, Union
 
 import msgspec
 
 from login_pipeline import gc_tuning
 from login_pipeline.child_process import Child, Close
-from login_pipeline.client import Publisher, StartupError
-from login_pipeline.live import LiveInsights, LiveSettings, instance_name
+from login_pipeline.client import Feed, Publisher, StartupError
+from login_pipeline.live import KEPT_WINDOWS, FeedReader, GroupView, LiveInsights, LiveSettings, instance_name
 from login_pipeline.results import ProcessedLogin, ProcessingResult, Rejection
 from login_pipeline.windows import Span
 
@@ -76,11 +78,26 @@ class Snapshot(NamedTuple):
     """Question: what /api/insights shows of this process; answered with a dict."""
 
 
+class GroupWindows(NamedTuple):
+    """Question: the group's merged closed windows (GroupView.windows); answered with a list."""
+
+
+class GroupTotals(NamedTuple):
+    """Question: the group's totals (GroupView.totals); answered with a dict."""
+
+
+class GroupAlerts(NamedTuple):
+    """Question: the group's recent alerts (GroupView.alerts); answered with a list."""
+
+
+Question = Union[Start, Flush, Snapshot, GroupWindows, GroupTotals, GroupAlerts]
+
+
 class Ask(NamedTuple):
     """Parent to child: a question, numbered so that a late answer is recognised and dropped."""
 
     number: int
-    question: Union[Start, Flush, Snapshot]
+    question: Question
 
 
 class Answer(NamedTuple):
@@ -88,6 +105,45 @@ class Answer(NamedTuple):
 
     number: int
     value: Any
+
+
+class _Pipe:
+    """One end of a pipe to the child, with its lock: a question and its answer are never interleaved."""
+
+    def __init__(self, connection: Connection, live: LiveProcess) -> None:
+        self.connection = connection
+        self.lock = threading.Lock()
+        self._live = live
+
+    def tell(self, message: Union[Batch, Assigned], payload: Optional[bytes] = None) -> None:
+        with self.lock:
+            if self._live.gone:
+                return
+            try:
+                self.connection.send(message)
+                if payload is not None:
+                    self.connection.send_bytes(payload)
+            except OSError as error:
+                self._live.lost(f"its process is gone ({type(error).__name__})")
+
+    def ask(self, question: Question, timeout_s: float) -> Any:
+        """Send a question, wait for its answer (at most `timeout_s`); None when none came."""
+        with self.lock:
+            if self._live.gone:
+                return None
+            number = next(self._live.requests)
+            try:
+                self.connection.send(Ask(number, question))
+                deadline = time.monotonic() + timeout_s
+                while self.connection.poll(max(deadline - time.monotonic(), 0)):
+                    answer = self.connection.recv()
+                    if isinstance(answer, Answer) and answer.number == number:
+                        return answer.value
+            except (OSError, EOFError) as error:
+                self._live.lost(f"its process is gone ({type(error).__name__})")
+                return None
+            log.warning("the live insights did not answer %s within %.0f s", type(question).__name__, timeout_s)
+            return None
 
 
 class LiveProcess:
@@ -99,19 +155,23 @@ class LiveProcess:
         log_format: str,
         pseudonymize: Callable[[str], str],
         publisher_factory: Callable[[], Publisher],
+        feed_factory: Optional[Callable[[float], Feed]] = None,
     ) -> None:
         """Start the child and wait until its publisher is up; StartupError says why not.
 
-        `publisher_factory` is called in the child, so it must pickle (a module-level function or a
-        partial of one)."""
-        self._child = Child(
-            _serve, (settings, pseudonymize, publisher_factory, instance_name()), "login-live", log_format
-        )
-        self._connection = self._child.connection
-        self._lock = threading.Lock()  # the run loop and HTTP threads share the pipe
-        self._requests = itertools.count()
-        self._gone = False
-        answer = self._ask(Start(), START_TIMEOUT_S)
+        `publisher_factory` and `feed_factory` (given the epoch seconds to read from; None: no group
+        view) are called in the child, so they must pickle (module-level functions or partials of one)."""
+        context = multiprocessing.get_context("spawn")
+        questions, child_questions = context.Pipe()
+        arguments = (child_questions, settings, pseudonymize, publisher_factory, feed_factory, instance_name())
+        self._child = Child(_serve, arguments, "login-live", log_format)
+        child_questions.close()
+        self.gone = False
+        self.requests = itertools.count()
+        self._batches = _Pipe(self._child.connection, self)  # the run loop's: batches, assignments, flushes
+        self._questions = _Pipe(questions, self)  # HTTP and metrics threads': they never wait on a batch
+        self.group = GroupAnswers(self._questions)
+        answer = self._questions.ask(Start(), START_TIMEOUT_S)
         if answer != "ready":
             self.close()
             raise StartupError(f"the live insights could not start: {answer or 'their process did not answer'}")
@@ -123,106 +183,122 @@ class LiveProcess:
             for index, result in enumerate(results)
             if result.__class__ is not ProcessedLogin
         }
-        self._tell(Batch(rejections, spans, processed_at), logins)
+        self._batches.tell(Batch(rejections, spans, processed_at), logins)
 
     def assigned(self, partitions: set[int]) -> None:
-        self._tell(Assigned(partitions))
+        self._batches.tell(Assigned(partitions))
 
     def tick(self) -> None:
         pass  # the child ticks by itself
 
     def flush(self, reason: str, timeout_s: float) -> None:
-        self._ask(Flush(reason, timeout_s), timeout_s + ANSWER_TIMEOUT_S)
+        self._batches.ask(Flush(reason, timeout_s), timeout_s + ANSWER_TIMEOUT_S)  # after the batches sent
 
     def snapshot(self) -> dict[str, Any]:
-        answer = self._ask(Snapshot(), ANSWER_TIMEOUT_S)
+        answer = self._questions.ask(Snapshot(), ANSWER_TIMEOUT_S)
         return answer if isinstance(answer, dict) else {}
 
     def close(self) -> None:
-        with self._lock:  # from here on no thread uses the pipe: the child may be stopped outside the lock
-            self._gone = True
+        with self._batches.lock, self._questions.lock:  # from here on no thread uses the pipes
+            self.gone = True
         self._child.stop(CLOSE_TIMEOUT_S)
+        self._questions.connection.close()
 
-    def _tell(self, message: Union[Batch, Assigned], payload: Optional[bytes] = None) -> None:
-        with self._lock:
-            if self._gone:
-                return
-            try:
-                self._connection.send(message)
-                if payload is not None:
-                    self._connection.send_bytes(payload)
-            except OSError as error:
-                self._lost(f"its process is gone ({type(error).__name__})")
-
-    def _ask(self, question: Union[Start, Flush, Snapshot], timeout_s: float) -> Any:
-        """Send a question, wait for its answer (at most `timeout_s`); None when none came."""
-        with self._lock:
-            if self._gone:
-                return None
-            number = next(self._requests)
-            try:
-                self._connection.send(Ask(number, question))
-                while self._connection.poll(timeout_s):
-                    answer = self._connection.recv()
-                    if isinstance(answer, Answer) and answer.number == number:
-                        return answer.value
-            except (OSError, EOFError) as error:
-                self._lost(f"its process is gone ({type(error).__name__})")
-                return None
-            log.warning("the live insights did not answer %s within %.0f s", type(question).__name__, timeout_s)
-            return None
-
-    def _lost(self, why: str) -> None:
-        if not self._gone:
+    def lost(self, why: str) -> None:
+        if not self.gone:
             log.error("live insights stopped: %s; the pipeline goes on without them", why)
-        self._gone = True
+        self.gone = True
+
+
+class GroupAnswers:
+    """login_pipeline.live.GroupReadings, asked of the child's GroupView; empty when it does not answer."""
+
+    def __init__(self, questions: _Pipe) -> None:
+        self._questions = questions
+
+    def windows(self) -> list[dict[str, Any]]:
+        answer = self._questions.ask(GroupWindows(), ANSWER_TIMEOUT_S)
+        return answer if isinstance(answer, list) else []
+
+    def totals(self) -> dict[str, Any]:
+        answer = self._questions.ask(GroupTotals(), ANSWER_TIMEOUT_S)
+        return answer if isinstance(answer, dict) else {}
+
+    def alerts(self) -> list[dict[str, Any]]:
+        answer = self._questions.ask(GroupAlerts(), ANSWER_TIMEOUT_S)
+        return answer if isinstance(answer, list) else []
 
 
 def _serve(
-    connection: Connection,
+    batches: Connection,
+    questions: Connection,
     settings: LiveSettings,
     pseudonymize: Callable[[str], str],
     publisher_factory: Callable[[], Publisher],
+    feed_factory: Optional[Callable[[float], Feed]],
     instance: str,
 ) -> None:
-    """The child: a LiveInsights fed by the parent's messages, until Close or the parent is gone."""
+    """The child: a LiveInsights fed by the parent's batches, and a GroupView fed by a thread of its
+    own from the insights topics, until Close or the parent is gone."""
     live: Optional[LiveInsights] = None
+    view: Optional[GroupView] = None
+    reader: Optional[FeedReader] = None
+
+    def answer(connection: Connection, message: Ask) -> bool:
+        """Answer one question; False when the child cannot go on."""
+        nonlocal live, view, reader
+        question = message.question
+        value: Any = None
+        if isinstance(question, Start):
+            try:
+                live = LiveInsights(settings, publisher_factory(), pseudonymize, instance=instance)
+                if feed_factory is not None:
+                    view = GroupView(settings.insights_topic, settings.alerts_topic)
+                    since = time.time() - KEPT_WINDOWS * settings.windows.size_s
+                    reader = FeedReader(feed_factory(since), view).start()
+                gc_tuning.freeze_startup_objects()
+            except Exception as error:  # said in the parent's one line
+                connection.send(Answer(message.number, f"{type(error).__name__}: {error}"))
+                return False
+            value = "ready"
+        elif live is not None and isinstance(question, Flush):
+            live.flush(question.reason, question.timeout_s)
+            value = "flushed"
+        elif live is not None and isinstance(question, Snapshot):
+            value = live.snapshot()
+        elif view is not None and isinstance(question, GroupWindows):
+            value = view.windows()
+        elif view is not None and isinstance(question, GroupTotals):
+            value = view.totals()
+        elif view is not None and isinstance(question, GroupAlerts):
+            value = view.alerts()
+        connection.send(Answer(message.number, value))
+        return True
+
     try:
         while True:
-            if connection.poll(TICK_S):
+            for ready in wait([batches, questions], TICK_S):
+                connection = batches if ready is batches else questions
                 try:
                     message = connection.recv()
+                    if isinstance(message, Close):
+                        return
+                    if isinstance(message, Ask):
+                        if not answer(connection, message):
+                            return
+                    elif isinstance(message, Batch):
+                        logins = connection.recv_bytes()
+                        if live is not None:
+                            live.observe(_rebuilt(logins, message.rejections), message.spans, message.processed_at)
+                    elif live is not None and isinstance(message, Assigned):
+                        live.assigned(message.partitions)
                 except (EOFError, OSError):
                     return  # the parent is gone
-                if isinstance(message, Close):
-                    return
-                if isinstance(message, Ask):
-                    question = message.question
-                    if isinstance(question, Start):
-                        try:
-                            live = LiveInsights(settings, publisher_factory(), pseudonymize, instance=instance)
-                            connection.send(Answer(message.number, "ready"))
-                            gc_tuning.freeze_startup_objects()
-                        except Exception as error:  # said in the parent's one line
-                            connection.send(Answer(message.number, f"{type(error).__name__}: {error}"))
-                            return
-                    elif live is not None and isinstance(question, Flush):
-                        live.flush(question.reason, question.timeout_s)
-                        connection.send(Answer(message.number, "flushed"))
-                    elif live is not None and isinstance(question, Snapshot):
-                        connection.send(Answer(message.number, live.snapshot()))
-                elif isinstance(message, Batch):
-                    try:
-                        logins = connection.recv_bytes()
-                    except (EOFError, OSError):
-                        return
-                    if live is not None:
-                        live.observe(_rebuilt(logins, message.rejections), message.spans, message.processed_at)
-                elif live is not None and isinstance(message, Assigned):
-                    live.assigned(message.partitions)
             if live is not None:
                 live.tick()
     finally:
+        if reader is not None:
+            reader.stop()
         if live is not None:
             live.close()
 

@@ -1,8 +1,9 @@
 """What the HTTP server shows of the live insights: the dashboard at `/`, `/api/insights` and `/api/alerts`.
 
 Both API answers are JSON documents built at request time from thread-safe readers: the group's
-merged closed windows and alerts (login_pipeline.live.GroupView) and this instance's running totals
-and open windows, read under the insights' lock so they hold whole batches. The dashboard is one
+merged closed windows and alerts (login_pipeline.live.GroupView, asked of the live insights'
+process) and this instance's running totals and open windows, read under the insights' lock so
+they hold whole batches. The dashboard is one
 static page (login_pipeline/dashboard/: HTML, script, style; no third-party code, nothing fetched
 from elsewhere) that polls the two API paths; every value from the data reaches it as text, never as markup.
 """
@@ -16,7 +17,7 @@ from typing import Any, Callable
 
 import orjson
 
-from login_pipeline.live import GroupView
+from login_pipeline.live import GroupReadings
 from login_pipeline.status_server import Page
 from login_pipeline.windows import iso
 
@@ -30,7 +31,7 @@ STATIC = {
 }
 
 
-def pages(this_instance: Callable[[], dict[str, Any]], view: GroupView) -> dict[str, Callable[[], Page]]:
+def pages(this_instance: Callable[[], dict[str, Any]], view: GroupReadings) -> dict[str, Callable[[], Page]]:
     """The dashboard's files and the two API paths; `this_instance` returns the serving instance's part
     of /api/insights."""
     files = {path: Page((DASHBOARD / name).read_bytes(), content_type) for path, (name, content_type) in STATIC.items()}
@@ -42,7 +43,7 @@ def pages(this_instance: Callable[[], dict[str, Any]], view: GroupView) -> dict[
     }
 
 
-def insights(this_instance: dict[str, Any], view: GroupView) -> dict[str, Any]:
+def insights(this_instance: dict[str, Any], view: GroupReadings) -> dict[str, Any]:
     return {
         "generated_at": iso(time.time()),
         "group": {"closed_windows": view.windows(), "totals": view.totals()},

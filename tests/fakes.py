@@ -8,6 +8,7 @@ tests can assert on commits, deliveries and their order. Failures are scheduled 
 from __future__ import annotations
 
 import json
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Optional
@@ -16,6 +17,7 @@ from login_pipeline.client import (
     AssignHandler,
     BatchReport,
     CommitAnswerHandler,
+    FeedRecord,
     HandOver,
     InputRefused,
     InputUnavailable,
@@ -292,3 +294,24 @@ def fake_publisher() -> FakePublisher:
 
 def failing_publisher() -> FakePublisher:
     raise ConnectionError("no cluster here")
+
+
+class FakeFeed:
+    """A Feed that returns its records once, then nothing (login_pipeline.client.Feed)."""
+
+    def __init__(self, records: list[FeedRecord]) -> None:
+        self._records = records
+
+    def poll(self, timeout_s: float) -> list[FeedRecord]:
+        records, self._records = self._records, []
+        if not records:
+            time.sleep(min(timeout_s, 0.05))
+        return records
+
+    def close(self) -> None:
+        pass
+
+
+def feed_of(records: list[FeedRecord], since_s: float) -> FakeFeed:
+    """A feed factory a child process can import: partial(feed_of, records)."""
+    return FakeFeed(records)

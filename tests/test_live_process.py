@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 
 import pytest
 
@@ -68,3 +69,35 @@ def test_a_child_that_dies_stops_the_live_insights_and_nothing_else(live, caplog
 def test_a_publisher_that_cannot_start_is_a_startup_error():
     with pytest.raises(StartupError, match="no cluster here"):
         LiveProcess(live_settings(defaults()), "text", pseudonym, failing_publisher)
+
+
+def test_the_group_view_is_read_and_merged_in_the_child_and_asked_for_by_http():
+    from functools import partial
+
+    from login_pipeline.client import FeedRecord
+    from tests.fakes import feed_of
+    from tests.test_live import alert_record, window_record
+
+    records = [
+        FeedRecord("login-insights", 0, 0, window_record(range(0, 30), "a")),
+        FeedRecord("login-insights", 0, 1, window_record(range(20, 50), "b")),
+        FeedRecord("login-insights", 0, 2, b"not ours"),
+        FeedRecord("login-alerts", 0, 0, alert_record()),
+    ]
+    process = LiveProcess(live_settings(defaults()), "text", pseudonym, fake_publisher, partial(feed_of, records))
+    try:
+        deadline = time.monotonic() + 10
+        while not process.group.windows() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        [window] = process.group.windows()
+        assert (window["logins"], window["instances"], window["records"]) == (60, ["a", "b"], 2)
+        assert process.group.totals()["unreadable_records"] == 1
+        assert [alert["rule"] for alert in process.group.alerts()] == ["credential_stuffing"]
+    finally:
+        process.close()
+
+
+def test_without_a_feed_the_group_is_empty_and_the_child_still_counts(live):
+    assert (live.group.windows(), live.group.totals(), live.group.alerts()) == ([], {}, [])
+    live.observe(batch(), [(0, 21)], T0 + 30)
+    assert live.snapshot()["open_windows"][0]["logins"] == 20
