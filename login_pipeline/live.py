@@ -10,7 +10,7 @@ Two halves, meeting only in Kafka:
   counted and logged, and processing goes on: these records are derived, the input is not held
   back for them.
 - `GroupView`, fed by a `FeedReader` thread from the login-insights and login-alerts topics: every
-  instance's partial records, validated against schemas/ and merged per window, and the recent
+  instance's partial records, checked against schemas/ and merged per window, and the recent
   alerts. So any instance's /api/insights and dashboard show the whole group. It runs in the live
   insights' process too, so reading a backlog of those topics never competes with the run loop.
 """
@@ -205,11 +205,10 @@ class GroupView:
             try:
                 if record.value is None or len(record.value) > MAX_FEED_RECORD_BYTES:
                     raise ValueError("not a record of ours")
-                value = orjson.loads(record.value)
                 if record.topic == self._insights_topic:
-                    _validator("login-insights").validate(value)
-                    self._merge(WindowSummary.from_record(value), value["instance"])
+                    self._merge(*WindowSummary.from_record(record.value))
                 elif record.topic == self._alerts_topic:
+                    value = orjson.loads(record.value)
                     _validator("login-alerts").validate(value)
                     self._alerts.appendleft(value)
             except (ValueError, KeyError, TypeError, jsonschema.ValidationError):

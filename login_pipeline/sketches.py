@@ -31,7 +31,8 @@ class HyperLogLog:
         self._m = 1 << self.PRECISION
         self._rest_bits = 64 - self.PRECISION
         self._registers = bytearray(self._m) if registers is None else bytearray(registers)
-        if len(self._registers) != self._m or max(self._registers) > self.MAX_RANK:
+        # translate() deletes every valid rank in C: what is left is out of range (max() took 56 us).
+        if registers is not None and (len(registers) != self._m or registers.translate(None, _RANKS)):
             raise ValueError(f"a HyperLogLog has {self._m} registers of at most {self.MAX_RANK}")
         self._alpha = 0.7213 / (1 + 1.079 / self._m)
 
@@ -41,8 +42,19 @@ class HyperLogLog:
         return bytes(self._registers)
 
     def merge(self, other: HyperLogLog) -> None:
-        """Become the union: the estimate of every item either one saw, exactly as if one had seen them all."""
-        self._registers = bytearray(map(max, self._registers, other._registers))
+        """Become the union: the estimate of every item either one saw, exactly as if one had seen them all.
+
+        The register-wise maximum is taken on the registers as two big integers, all bytes at once:
+        12 us for 4,096 registers against 400 us for bytearray(map(max, ...)) (timeit), for a group
+        view that merges every record of two hours of windows. Every register is below 128
+        (MAX_RANK), so 128 + a - b per byte never borrows from its neighbour; its high bit says a >= b.
+        """
+        size = self._m
+        mine = int.from_bytes(self._registers, "big")
+        theirs = int.from_bytes(other._registers, "big")
+        high_bits = _HIGH_BITS[size]
+        mine_wins = ((((mine | high_bits) - theirs) & high_bits) >> 7) * 0xFF
+        self._registers = bytearray(((mine & mine_wins) | (theirs & ~mine_wins)).to_bytes(size, "big"))
 
     def add_all(self, items: Iterable[str]) -> None:
         registers, rest_bits = self._registers, self._rest_bits
@@ -64,7 +76,9 @@ class HyperLogLog:
         return round(estimate)
 
 
+_RANKS = bytes(range(HyperLogLog.MAX_RANK + 1))
 _INVERSE_POWERS = tuple(2.0**-rank for rank in range(HyperLogLog.MAX_RANK + 1))
+_HIGH_BITS = {1 << HyperLogLog.PRECISION: int.from_bytes(b"\x80" * (1 << HyperLogLog.PRECISION), "big")}
 
 
 class CappedCounts(Generic[Value]):

@@ -33,7 +33,9 @@ import base64
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import Annotated, Any, Literal, Optional
+
+import msgspec
 
 from login_pipeline.results import ProcessedLogin, ProcessingResult
 from login_pipeline.sketches import CappedCounts, HyperLogLog, LogHistogram
@@ -126,29 +128,77 @@ class WindowSummary:
         }
 
     @classmethod
-    def from_record(cls, record: dict[str, Any]) -> WindowSummary:
-        """The summary a login-insights record carries; ValueError (or KeyError, TypeError) when it is not one.
+    def from_record(cls, value: bytes) -> tuple[WindowSummary, str]:
+        """The summary a login-insights record's value carries, and the instance that wrote it.
 
-        The record must have passed the schema first; this checks what a schema cannot (the registers).
+        ValueError when it is not one: not JSON, not schemas/login-insights.schema.json (WindowRecord
+        checks it, in C), or registers that are not base64.
         """
-        summary = cls(record["window_start_ts"], record["window_size_s"])
-        summary.messages = record["messages"]
-        summary.logins = record["logins"]
-        summary.repaired = record["repaired"]
-        summary.rejected = Counter(record["rejected"])
-        summary.late_events = record["late_events"]
-        summary.too_late_events = record["too_late_events"]
-        summary.clock_ahead_events = record["clock_ahead_events"]
-        for *segment, count in record["segments"]:
+        record = _decode_window_record(value)
+        summary = cls(record.window_start_ts, record.window_size_s)
+        summary.messages = record.messages
+        summary.logins = record.logins
+        summary.repaired = record.repaired
+        summary.rejected = Counter(record.rejected)
+        summary.late_events = record.late_events
+        summary.too_late_events = record.too_late_events
+        summary.clock_ahead_events = record.clock_ahead_events
+        for *segment, count in record.segments:
             summary.segments.add_count(tuple(segment), count)
-        summary.segments.other += record["segments_other"]
-        summary.segments.total += record["segments_other"]
-        summary.users = HyperLogLog(base64.b64decode(record["users_hll"], validate=True))
+        summary.segments.other += record.segments_other
+        summary.segments.total += record.segments_other
+        summary.users = HyperLogLog(base64.b64decode(record.users_hll, validate=True))
         summary.delay.merge_counts(
-            {int(index): count for index, count in record["event_delay_buckets"].items()}, record["event_delay_sum_s"]
+            {int(index): count for index, count in record.event_delay_buckets.items()}, record.event_delay_sum_s
         )
-        summary.partitions = set(record["partitions"])
-        return summary
+        summary.partitions = set(record.partitions)
+        return summary, record.instance
+
+
+# schemas/login-insights.schema.json as types. Decoding a record against them checks it as the schema
+# does, in C: 0.02 ms a record of 6 KB, against 1 ms for jsonschema on the parsed record (timeit),
+# when a group view reads two hours of a busy group back. tests/test_windows.py holds the two to each
+# other: whatever these accept, the schema accepts. They are stricter in one way only: a count
+# written as 1.0 (an integer to JSON Schema) is refused.
+_Count = Annotated[int, msgspec.Meta(ge=0, le=1_000_000_000_000)]
+_Text = Annotated[str, msgspec.Meta(max_length=256)]
+_IsoSeconds = Annotated[str, msgspec.Meta(pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")]
+
+
+class _DelayPercentiles(msgspec.Struct, forbid_unknown_fields=True):
+    p50: Optional[float] = None
+    p95: Optional[float] = None
+    p99: Optional[float] = None
+
+
+class WindowRecord(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    schema_version: Literal[1]
+    window_start: _IsoSeconds
+    window_start_ts: Annotated[int, msgspec.Meta(ge=0, le=253402300799)]
+    window_size_s: Annotated[int, msgspec.Meta(ge=1, le=86400)]
+    instance: Annotated[str, msgspec.Meta(max_length=128)]
+    partitions: Annotated[list[Annotated[int, msgspec.Meta(ge=0)]], msgspec.Meta(max_length=100_000)]
+    closed_by: Literal["event_time", "idle", "capacity", "revoke", "stop"]
+    emitted_at: str
+    messages: _Count
+    logins: _Count
+    repaired: _Count
+    rejected: Annotated[dict[Annotated[str, msgspec.Meta(max_length=64)], _Count], msgspec.Meta(max_length=16)]
+    late_events: _Count
+    too_late_events: _Count
+    clock_ahead_events: _Count
+    segments: Annotated[list[tuple[_Text, _Text, _Text, _Count]], msgspec.Meta(max_length=4096)]
+    segments_other: _Count
+    distinct_users: _Count
+    users_hll: Annotated[str, msgspec.Meta(min_length=5464, max_length=5464)]
+    event_delay_s: _DelayPercentiles
+    event_delay_buckets: Annotated[
+        dict[Annotated[str, msgspec.Meta(pattern="^[0-9]{1,4}$")], _Count], msgspec.Meta(max_length=1000)
+    ]
+    event_delay_sum_s: Annotated[float, msgspec.Meta(ge=0)]
+
+
+_decode_window_record = msgspec.json.Decoder(WindowRecord).decode
 
 
 @dataclass(frozen=True)

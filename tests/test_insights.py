@@ -2,13 +2,14 @@
 
 import json
 import os
+import random
 import subprocess
 import sys
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kafka_consumer_processor import process_message
@@ -215,3 +216,15 @@ def test_this_suite_passes_under_20_hash_seeds():
 
 
 SEEDS = [0, 1, 4, 7, 42, 99, 123, 1000, 4242, 65535, 2**31, 2**32 - 1, *range(11, 19)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 2**32), st.sampled_from([0, 1, 52, HyperLogLog.MAX_RANK]))
+def test_a_merge_of_registers_is_their_register_wise_maximum(seed, top):
+    rng = random.Random(seed)
+    size = 1 << HyperLogLog.PRECISION
+    a = bytes(rng.choice((0, top, rng.randint(0, HyperLogLog.MAX_RANK))) for _ in range(size))
+    b = bytes(rng.choice((0, top, rng.randint(0, HyperLogLog.MAX_RANK))) for _ in range(size))
+    merged = HyperLogLog(a)
+    merged.merge(HyperLogLog(b))
+    assert merged.registers == bytes(map(max, a, b))

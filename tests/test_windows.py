@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kafka_consumer_processor import process_message
 from login_pipeline.results import ProcessingResult
@@ -152,8 +154,8 @@ def test_a_restart_flushes_partials_that_add_up_to_what_one_process_would_have_s
     observe(after, events[200:], partition=0, processed_at=T0 + 61, now=0)
     [rest] = after.flush("stop")
     assert partial.closed_by == "stop"
-    merged = WindowSummary.from_record(json.loads(json.dumps(partial.summary.to_record("a", "stop", T0))))
-    merged.merge(WindowSummary.from_record(json.loads(json.dumps(rest.summary.to_record("b", "stop", T0)))))
+    merged, _ = WindowSummary.from_record(json.dumps(partial.summary.to_record("a", "stop", T0)).encode())
+    merged.merge(WindowSummary.from_record(json.dumps(rest.summary.to_record("b", "stop", T0)).encode())[0])
     expected = whole.open[T0]
     assert merged.logins == expected.logins == 500
     assert merged.users.registers == expected.users.registers  # distinct users merge exactly
@@ -177,8 +179,8 @@ def test_a_record_round_trips_through_its_json():
     )
     [closed] = w.flush("stop")
     record = closed.summary.to_record("host-1", "stop", T0 + 100)
-    again = WindowSummary.from_record(json.loads(json.dumps(record)))
-    assert again.to_record("host-1", "stop", T0 + 100) == record
+    again, instance = WindowSummary.from_record(json.dumps(record).encode())
+    assert again.to_record("host-1", "stop", T0 + 100) == record and instance == "host-1"
     assert record["window_start"] == "2024-07-10T02:00:00Z"
     assert (record["messages"], record["logins"], record["rejected"]) == (51, 50, {"malformed_json": 1})
     assert record["distinct_users"] == 50
@@ -200,3 +202,88 @@ def test_a_partition_just_assigned_holds_the_watermark_until_it_delivers():
     assert closed_starts(w.due(T0 + 300, now=102)) == []  # partition 1 is at T0 + 1 now
     idle = [(start, "idle") for start in (0, 60, 120, 180)]
     assert closed_starts(w.due(T0 + 300, now=132)) == idle  # ...until the input has been quiet for idle_s
+
+
+# -- A record read back is checked in C (WindowRecord); never more loosely than the published schema --
+HOSTILE_VALUES = [
+    None,
+    True,
+    0,
+    -1,
+    1.0,
+    1.5,
+    10**12,
+    10**12 + 1,
+    2**63,
+    "",
+    "x" * 65,
+    "x" * 257,
+    "2024-07-10T02:00:00Z\n",
+    "２０２４-07-10T02:00:00Z",
+    "12345",
+    "1" * 5464,
+    [],
+    [1, 2],
+    [["ios", "RI", "2.3.0", 1]],
+    [["ios", "RI", "2.3.0"]],
+    [["ios", "RI", "2.3.0", -1]],
+    [["x" * 257, "RI", "2.3.0", 1]],
+    {},
+    {"p50": "1"},
+    {"a": 1},
+    {"x" * 65: 1},
+    {"12345": 1},
+    {"1": -1},
+    {str(n): 1 for n in range(17)},
+]
+
+
+def a_record() -> dict:
+    w = windows()
+    observe(
+        w, [login(T0 + 5, user=f"u{n}") for n in range(20)] + [junk(T0 + 6)], partition=1, processed_at=T0 + 6, now=0
+    )
+    [closed] = w.flush("stop")
+    return closed.summary.to_record("host-1", "stop", T0 + 100)
+
+
+RECORD = a_record()
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([*RECORD, "unknown_field"]), st.sampled_from([*HOSTILE_VALUES, "DELETE"])),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_what_the_c_check_accepts_the_published_schema_accepts(changes):
+    from pathlib import Path
+
+    import jsonschema
+
+    schema = json.loads((Path(__file__).parent.parent / "schemas" / "login-insights.schema.json").read_text())
+    record = dict(RECORD)
+    for name, value in changes:
+        if value == "DELETE":
+            record.pop(name, None)
+        else:
+            record[name] = value
+    raw = json.dumps(record).encode()
+    try:
+        WindowSummary.from_record(raw)
+    except ValueError:
+        return  # refused: shown as unreadable, never merged
+    jsonschema.validate(record, schema)
+
+
+def test_every_record_of_ours_is_accepted_by_both():
+    from pathlib import Path
+
+    import jsonschema
+
+    schema = json.loads((Path(__file__).parent.parent / "schemas" / "login-insights.schema.json").read_text())
+    jsonschema.validate(RECORD, schema)
+    summary, instance = WindowSummary.from_record(json.dumps(RECORD).encode())
+    assert (summary.logins, instance) == (20, "host-1")
