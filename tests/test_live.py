@@ -187,3 +187,24 @@ def test_the_dashboard_is_served_whole_with_nothing_from_elsewhere(served):
         assert b"https://" not in text
     script = get(served + "/dashboard.js")[2]
     assert b"innerHTML" not in script  # data reaches the page as text only
+
+
+def test_a_backlog_is_merged_in_bursts_with_nine_times_as_long_a_pause_after_each():
+    from login_pipeline.live import FEED_BURST_S, FeedReader
+    from tests.fakes import FakeFeed
+
+    clock = [0.0]
+    pauses: list[float] = []
+
+    class SlowView(GroupView):
+        def take(self, record: FeedRecord) -> None:
+            clock[0] += 0.004  # each record takes 4 ms to merge
+            super().take(record)
+
+    view = SlowView("login-insights", "login-alerts")
+    reader = FeedReader(FakeFeed([]), view, monotonic=lambda: clock[0], pause=pauses.append)
+    records = [FeedRecord("login-insights", 0, offset, window_record(range(5), "a")) for offset in range(10)]
+    reader.take(records)
+    assert len(view.windows()) == 1 and view.windows()[0]["records"] == 10
+    assert pauses == [pytest.approx(9 * 3 * 0.004)] * 3  # a pause after each 12 ms past FEED_BURST_S
+    assert FEED_BURST_S < 3 * 0.004
