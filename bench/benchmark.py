@@ -57,6 +57,7 @@ from local_kafka import brokers
 from local_kafka.brokers import PROJECT_DIR, create_topics, unique_name
 from local_kafka.generator import FeedProfile, fill
 from local_kafka.memory import tree_peak_rss_mb, tree_rss_mb
+from login_pipeline.live_logins import counted
 from login_pipeline.windows import TumblingWindows, iso
 
 PII_KEY = "benchmark-key-0123456789abcdef"
@@ -129,7 +130,7 @@ def window_records(count: int, now: float) -> list[tuple[bytes, bytes]]:
         process_message(orjson.dumps({"user_id": f"u{n}", "timestamp": start + n % 60}), start + 61, PII_KEY.encode())
         for n in range(50)
     ]
-    windows.observe(logins, [(0, len(logins))], start + 61, now=0)
+    windows.observe(counted(logins), [(0, len(logins))], start + 61, now=0)
     [closed] = windows.flush("stop")
     record = closed.summary.to_record("bench-backlog", "stop", start + 70)
     made = []

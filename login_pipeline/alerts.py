@@ -16,7 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from login_pipeline.results import ProcessedLogin, ProcessingResult
+from login_pipeline.live_logins import Counted
+from login_pipeline.results import Rejection
 from login_pipeline.windows import iso
 
 RULES = ("credential_stuffing", "locale_hopping", "shared_device", "login_burst")
@@ -225,33 +226,28 @@ class AlertRules:
         self._pseudonymize = pseudonymize
         self.watermark = 0
 
-    def observe(self, results: list[ProcessingResult]) -> list[Alert]:
+    def observe(self, results: list[Counted]) -> list[Alert]:
         alerts: list[Alert] = []
         stuffing, locales, devices, burst = self.stuffing, self.locales, self.devices, self.burst
-        for result in results:
-            if result.__class__ is not ProcessedLogin:
+        for record in results:
+            if isinstance(record, Rejection):
                 continue
-            record = result.record
             # A login stamped in the future counts at its processing time, as in the windows.
-            event_time = (
-                record["login_ts"]
-                if record["event_delay_s"] >= 0
-                else int(record["login_ts"] + record["event_delay_s"])
-            )
+            event_time = record.login_ts if record.event_delay_s >= 0 else int(record.login_ts + record.event_delay_s)
             if event_time > self.watermark:
                 self.watermark = event_time
-            user = record["user_id"]
-            ip_hash = record["ip_hash"]
+            user = record.user_id
+            ip_hash = record.ip_hash
             if ip_hash is not None:
                 crossed = stuffing.observe(ip_hash, user, event_time)
                 if crossed:
                     alerts.append(self._alert(stuffing, ip_hash, crossed, event_time))
-            device_hash = record["device_id_hash"]
+            device_hash = record.device_id_hash
             if device_hash is not None:
                 crossed = devices.observe(device_hash, user, event_time)
                 if crossed:
                     alerts.append(self._alert(devices, device_hash, crossed, event_time))
-            locale = record["locale"]
+            locale = record.locale
             if locale != "unknown":
                 crossed = locales.observe(user, locale, event_time)
                 if crossed:

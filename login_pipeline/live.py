@@ -32,8 +32,10 @@ from typing import Any, Callable, NamedTuple, Protocol
 import jsonschema
 import orjson
 
+from login_pipeline import live_logins
 from login_pipeline.alerts import Alert, AlertRules, AlertSettings
 from login_pipeline.client import Feed, FeedRecord, Publisher
+from login_pipeline.live_logins import Counted
 from login_pipeline.results import ProcessingResult
 from login_pipeline.sketches import HyperLogLog
 from login_pipeline.windows import Closed, Span, TumblingWindows, WindowSettings, WindowSummary, iso
@@ -112,9 +114,13 @@ class LiveInsights:
         self.alerts_raised: dict[str, int] = {}  # by rule: four keys at most
 
     def observe(self, results: list[ProcessingResult], spans: list[Span], processed_at: float) -> None:
+        self.observe_counted(live_logins.counted(results), spans, processed_at)
+
+    def observe_counted(self, counted: list[Counted], spans: list[Span], processed_at: float) -> None:
+        """`observe`, of a batch already decoded (login_pipeline.live_logins)."""
         with self._lock:
-            self.windows.observe(results, spans, processed_at, self._monotonic())
-            for alert in self.rules.observe(results):
+            self.windows.observe(counted, spans, processed_at, self._monotonic())
+            for alert in self.rules.observe(counted):
                 self._publish_alert(alert)
 
     def assigned(self, partitions: set[int]) -> None:

@@ -31,13 +31,11 @@ import time
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, NamedTuple, Optional, Union
 
-import msgspec
-
-from login_pipeline import gc_tuning
+from login_pipeline import gc_tuning, live_logins
 from login_pipeline.child_process import Child, Close
 from login_pipeline.client import Feed, Publisher, StartupError
 from login_pipeline.live import KEPT_WINDOWS, FeedReader, GroupView, LiveInsights, LiveSettings, instance_name
-from login_pipeline.results import ProcessedLogin, ProcessingResult, Rejection
+from login_pipeline.results import ProcessingResult
 from login_pipeline.windows import Span
 
 log = logging.getLogger(__name__)
@@ -177,13 +175,8 @@ class LiveProcess:
             raise StartupError(f"the live insights could not start: {answer or 'their process did not answer'}")
 
     def observe(self, results: list[ProcessingResult], spans: list[Span], processed_at: float) -> None:
-        logins = b",".join([result.value for result in results if result.__class__ is ProcessedLogin])
-        rejections = {
-            index: result.reason  # type: ignore[union-attr]
-            for index, result in enumerate(results)
-            if result.__class__ is not ProcessedLogin
-        }
-        self._batches.tell(Batch(rejections, spans, processed_at), logins)
+        batch = Batch(live_logins.rejections_of(results), spans, processed_at)
+        self._batches.tell(batch, live_logins.joined_values(results))
 
     def assigned(self, partitions: set[int]) -> None:
         self._batches.tell(Assigned(partitions))
@@ -289,7 +282,8 @@ def _serve(
                     elif isinstance(message, Batch):
                         logins = connection.recv_bytes()
                         if live is not None:
-                            live.observe(_rebuilt(logins, message.rejections), message.spans, message.processed_at)
+                            counted = live_logins.decode(logins, message.rejections)
+                            live.observe_counted(counted, message.spans, message.processed_at)
                     elif live is not None and isinstance(message, Assigned):
                         live.assigned(message.partitions)
                 except (EOFError, OSError):
@@ -301,17 +295,3 @@ def _serve(
             reader.stop()
         if live is not None:
             live.close()
-
-
-def _rebuilt(logins: bytes, rejections: dict[int, str]) -> list[ProcessingResult]:
-    """The batch's results in their order again: logins with their records, rejections by reason."""
-    records = _decode_records(b"[" + logins + b"]")
-    rebuilt: list[ProcessingResult] = [ProcessedLogin(b"", b"", record) for record in records]
-    if not rejections:
-        return rebuilt
-    total = len(rebuilt) + len(rejections)
-    rest = iter(rebuilt)
-    return [Rejection(rejections[index], None, "") if index in rejections else next(rest) for index in range(total)]
-
-
-_decode_records = msgspec.json.Decoder(list[dict[str, Any]]).decode

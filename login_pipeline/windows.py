@@ -37,7 +37,8 @@ from typing import Annotated, Any, Literal, Optional
 
 import msgspec
 
-from login_pipeline.results import ProcessedLogin, ProcessingResult
+from login_pipeline.live_logins import Counted
+from login_pipeline.results import Rejection
 from login_pipeline.sketches import CappedCounts, HyperLogLog, LogHistogram
 
 MAX_OPEN_WINDOWS = 64
@@ -225,7 +226,7 @@ class TumblingWindows:
         self._last_delivery: Optional[float] = None
         self._closed_early: list[Closed] = []  # closed for capacity inside `observe`, handed out by `due`
 
-    def observe(self, results: list[ProcessingResult], spans: list[Span], processed_at: float, now: float) -> None:
+    def observe(self, results: list[Counted], spans: list[Span], processed_at: float, now: float) -> None:
         """Count a delivered batch: `spans` says which partition each run of `results` came from, in order.
 
         `processed_at`: when the batch was processed (wall clock); `now`: monotonic time.
@@ -247,15 +248,14 @@ class TumblingWindows:
             touched: set[WindowSummary] = set()
             partition_newest = newest.get(partition)
             for result in results[position : position + count]:
-                if result.__class__ is not ProcessedLogin:
+                if isinstance(result, Rejection):
                     window = open_windows.get(processing_start) or self._window(processing_start)
                     window.messages += 1
-                    window.rejected[result.reason] += 1  # type: ignore[union-attr]
+                    window.rejected[result.reason] += 1
                     touched.add(window)
                     continue
-                record = result.record
-                event_time = record["login_ts"]
-                delay = record["event_delay_s"]
+                event_time = result.login_ts
+                delay = result.event_delay_s
                 start = event_time // size * size
                 if delay < 0:  # stamped in the future: counted when it was processed
                     window = open_windows.get(processing_start) or self._window(processing_start)
@@ -275,11 +275,11 @@ class TumblingWindows:
                 touched.add(window)
                 window.messages += 1
                 window.logins += 1
-                if record["repaired_fields"]:
+                if result.repaired_fields:
                     window.repaired += 1
                 segments, users, delays = added.get(window) or added.setdefault(window, ([], [], []))
-                segments.append((record["device_type"], record["locale"], record["app_version"]))
-                users.append(record["user_id"])
+                segments.append((result.device_type, result.locale, result.app_version))
+                users.append(result.user_id)
                 delays.append(delay)
             position += count
             if partition_newest is not None:

@@ -13,6 +13,7 @@ from kafka_consumer_processor import process_message
 from login_pipeline.alerts import AlertRules, AlertSettings, KeyedState, RuleSettings
 from login_pipeline.config import defaults
 from login_pipeline.live import SCHEMAS
+from login_pipeline.live_logins import counted
 from login_pipeline.results import ProcessingResult
 
 KEY = b"unit-test-key-0123456789"
@@ -47,7 +48,7 @@ def rules(**overrides: RuleSettings) -> AlertRules:
 
 
 def fired(alert_rules: AlertRules, logins: list[ProcessingResult]) -> list[tuple[str, int]]:
-    return [(alert.rule, alert.count) for alert in alert_rules.observe(logins)]
+    return [(alert.rule, alert.count) for alert in alert_rules.observe(counted(logins))]
 
 
 # credential stuffing: 15 distinct users from one ip within 15 minutes
@@ -77,7 +78,7 @@ def test_one_user_logging_in_many_times_from_one_ip_is_not_stuffing():
 
 def test_an_alert_fires_once_per_window_per_subject_and_names_only_the_hash():
     alert_rules = rules()
-    alerts = alert_rules.observe(stuffing(40, 60))
+    alerts = alert_rules.observe(counted(stuffing(40, 60)))
     assert [a.rule for a in alerts] == ["credential_stuffing"]
     record = alerts[0].to_record("host-1", T0 + 61)
     ALERT_SCHEMA.validate(record)
@@ -119,7 +120,7 @@ def test_locale_hopping_ignores_a_locale_older_than_three_hours():
 
 
 def test_locale_hopping_names_the_user_by_hash_only():
-    [alert] = rules().observe(hops(["en-US", "de-DE", "pt-BR"], 60))
+    [alert] = rules().observe(counted(hops(["en-US", "de-DE", "pt-BR"], 60)))
     assert alert.subject_kind == "user_id_hash" and alert.subject_hash == pseudonym("traveller")
 
 
@@ -213,9 +214,9 @@ def test_a_subject_seen_again_moves_to_the_young_generation_and_outlives_the_oth
 
 def test_a_subject_seen_again_keeps_its_evidence():
     alert_rules = AlertRules(settings(capacity=4), pseudonym)
-    alert_rules.observe([login(T0, user="u0", ip="192.0.2.1")])
-    alert_rules.observe([login(T0 + 1, user=f"u{n}", ip=f"192.0.2.{n}") for n in (2, 3)])
-    alert_rules.observe([login(T0 + 2, user="u9", ip="192.0.2.1")])
+    alert_rules.observe(counted([login(T0, user="u0", ip="192.0.2.1")]))
+    alert_rules.observe(counted([login(T0 + 1, user=f"u{n}", ip=f"192.0.2.{n}") for n in (2, 3)]))
+    alert_rules.observe(counted([login(T0 + 2, user="u9", ip="192.0.2.1")]))
     state, subject = alert_rules.stuffing.state, pseudonym_ip("192.0.2.1")
     assert (state.young.get(subject) or state.old[subject])[1] == {"u0": T0, "u9": T0 + 2}
 
@@ -230,10 +231,10 @@ def test_distinct_users_and_ips_beyond_capacity_keep_each_rule_at_its_capacity()
             login(T0 + n // 100, user=f"user{n}", ip=f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}", device_id=f"d{n}")
         )
         if len(batch) == 1_000:
-            alert_rules.observe(batch)
+            alert_rules.observe(counted(batch))
             alert_rules.expire()
             batch = []
-    alert_rules.observe(batch)
+    alert_rules.observe(counted(batch))
     assert all(len(state) <= capacity for state in alert_rules.states())
     assert alert_rules.evicted() > 0
 

@@ -16,6 +16,7 @@ from kafka_consumer_processor import process_message
 from login_pipeline import web
 from login_pipeline.client import FeedRecord
 from login_pipeline.live import KEPT_WINDOWS, GroupView
+from login_pipeline.live_logins import counted
 from login_pipeline.status_server import StatusServer, Verdict
 from login_pipeline.windows import TumblingWindows
 
@@ -30,7 +31,10 @@ def window_record(users: range, instance: str, start: int = T0, partitions: set[
         for n in users
     ]
     windows.observe(
-        logins, [(partition, len(logins) // len(partitions)) for partition in sorted(partitions)], start + 61, now=0
+        counted(logins),
+        [(partition, len(logins) // len(partitions)) for partition in sorted(partitions)],
+        start + 61,
+        now=0,
     )
     [closed] = windows.flush("stop")
     return orjson.dumps(closed.summary.to_record(instance, "stop", start + 70))

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kafka_consumer_processor import process_message
+from login_pipeline.live_logins import counted
 from login_pipeline.results import ProcessingResult
 from login_pipeline.windows import MAX_OPEN_WINDOWS, TumblingWindows, WindowSummary
 
@@ -29,7 +30,7 @@ def observe(
     w: TumblingWindows, results: list[ProcessingResult], partition: int, processed_at: float, now: float
 ) -> None:
     """A batch from one partition."""
-    w.observe(results, [(partition, len(results))], processed_at, now)
+    w.observe(counted(results), [(partition, len(results))], processed_at, now)
 
 
 def windows(grace: int = 10, idle: float = 30) -> TumblingWindows:
@@ -121,7 +122,7 @@ def test_open_windows_are_capped_even_inside_one_batch_and_the_oldest_close_earl
 
 def test_partitions_are_those_whose_records_a_window_counted():
     w = windows()
-    w.observe([login(T0 + 5), login(T0 + 6), login(T0 + 65)], [(0, 1), (2, 1), (3, 1)], T0 + 66, now=0)
+    w.observe(counted([login(T0 + 5), login(T0 + 6), login(T0 + 65)]), [(0, 1), (2, 1), (3, 1)], T0 + 66, now=0)
     observe(w, [login(T0 + 7)], partition=1, processed_at=T0 + 8, now=0)
     assert (w.open[T0].partitions, w.open[T0 + 60].partitions) == ({0, 1, 2}, {3})
 
@@ -131,7 +132,7 @@ def test_a_partition_read_ahead_of_another_does_not_make_the_others_logins_late(
     w = windows(grace=2)
     ahead = [login(T0 + 60 * n) for n in range(4)]
     behind = [login(T0 + 60 * n + 1) for n in range(4)]
-    w.observe(ahead + behind, [(0, 4), (1, 4)], T0 + 300, now=0)
+    w.observe(counted(ahead + behind), [(0, 4), (1, 4)], T0 + 300, now=0)
     assert sum(window.too_late_events for window in w.open.values()) == 0
     assert w.open[T0].logins == 2
     assert closed_starts(w.due(T0 + 300, now=0)) == [(0, "event_time"), (60, "event_time")]  # 120 + 60 + 2 > 180
