@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
 KEPT_WINDOWS = 120  # merged windows the view keeps (two hours of one-minute windows)
 KEPT_ALERTS = 100
+MAX_WINDOW_AHEAD_S = 600  # clocks of a group's hosts differ by less
+MAX_INSTANCES = 1_000  # processors one window is merged from
+MAX_PARTITIONS = 10_000  # input partitions one window is merged over (Kafka's own advice stays far below)
 FEED_POLL_S = 1.0
 FEED_TIME_SHARE = 0.1  # of the time, at most, the group view's reader spends merging (FeedReader)
 FEED_BURST_S = 0.01
@@ -193,11 +196,18 @@ class GroupView:
     Thread-safe: the feed thread adds, HTTP threads read. A record that is not valid JSON, fails its
     schema, or carries registers that are not a HyperLogLog's is counted in `unreadable` and skipped;
     a record read twice (a reconnect reads from the same time again) is counted once.
+
+    Whoever can write the topics can send any valid record, so what one can add is bounded too, and
+    what would pass a bound is skipped as unreadable: a window starting more than
+    MAX_WINDOW_AHEAD_S after the wall clock (no processor opens one: a login stamped ahead counts
+    at its processing time), which would otherwise push every real window out for good; a window
+    merged from more than MAX_INSTANCES instances, or over more than MAX_PARTITIONS partitions.
     """
 
-    def __init__(self, insights_topic: str, alerts_topic: str) -> None:
+    def __init__(self, insights_topic: str, alerts_topic: str, wall_clock: Callable[[], float] = time.time) -> None:
         self._insights_topic = insights_topic
         self._alerts_topic = alerts_topic
+        self._wall_clock = wall_clock
         self._windows: dict[tuple[int, int], MergedWindow] = {}
         self._alerts: deque[dict[str, Any]] = deque(maxlen=KEPT_ALERTS)
         self._next_offsets: dict[tuple[str, int], int] = {}
@@ -223,8 +233,15 @@ class GroupView:
                 self.unreadable += 1
 
     def _merge(self, summary: WindowSummary, instance: str) -> None:
+        if summary.start > self._wall_clock() + MAX_WINDOW_AHEAD_S:
+            raise ValueError("a window that has not begun")
         key = (summary.start, summary.size_s)
         merged = self._windows.get(key)
+        if merged is not None and instance not in merged.instances and len(merged.instances) >= MAX_INSTANCES:
+            raise ValueError("more instances than a group runs")
+        partitions = summary.partitions if merged is None else summary.partitions | merged.summary.partitions
+        if len(partitions) > MAX_PARTITIONS:
+            raise ValueError("more partitions than a topic has")
         if merged is None:
             if len(self._windows) >= KEPT_WINDOWS:
                 oldest = min(self._windows)

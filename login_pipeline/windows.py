@@ -163,7 +163,10 @@ class WindowSummary:
 # written as 1.0 (an integer to JSON Schema) is refused.
 _Count = Annotated[int, msgspec.Meta(ge=0, le=1_000_000_000_000)]
 _Text = Annotated[str, msgspec.Meta(max_length=256)]
-_IsoSeconds = Annotated[str, msgspec.Meta(pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")]
+# ASCII digits (Python's \d takes every script's), and a fixed length: "$" also matches before a final "\n".
+_IsoSeconds = Annotated[
+    str, msgspec.Meta(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$", min_length=20, max_length=20)
+]
 
 
 class _DelayPercentiles(msgspec.Struct, forbid_unknown_fields=True):
@@ -180,7 +183,7 @@ class WindowRecord(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     instance: Annotated[str, msgspec.Meta(max_length=128)]
     partitions: Annotated[list[Annotated[int, msgspec.Meta(ge=0)]], msgspec.Meta(max_length=100_000)]
     closed_by: Literal["event_time", "idle", "capacity", "revoke", "stop"]
-    emitted_at: str
+    emitted_at: _IsoSeconds
     messages: _Count
     logins: _Count
     repaired: _Count
@@ -194,7 +197,7 @@ class WindowRecord(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     users_hll: Annotated[str, msgspec.Meta(min_length=5464, max_length=5464)]
     event_delay_s: _DelayPercentiles
     event_delay_buckets: Annotated[
-        dict[Annotated[str, msgspec.Meta(pattern="^[0-9]{1,4}$")], _Count], msgspec.Meta(max_length=1000)
+        dict[Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,4}\Z")], _Count], msgspec.Meta(max_length=1000)
     ]
     event_delay_sum_s: Annotated[float, msgspec.Meta(ge=0)]
 

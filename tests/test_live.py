@@ -18,7 +18,7 @@ from login_pipeline.client import FeedRecord
 from login_pipeline.live import KEPT_WINDOWS, GroupView
 from login_pipeline.live_logins import counted
 from login_pipeline.status_server import StatusServer, Verdict
-from login_pipeline.windows import TumblingWindows
+from login_pipeline.windows import TumblingWindows, iso
 
 KEY = b"unit-test-key-0123456789"
 T0 = 1_720_576_800
@@ -212,3 +212,61 @@ def test_a_backlog_is_merged_in_bursts_with_nine_times_as_long_a_pause_after_eac
     assert len(view.windows()) == 1 and view.windows()[0]["records"] == 10
     assert pauses == [pytest.approx(9 * 3 * 0.004)] * 3  # a pause after each 12 ms past FEED_BURST_S
     assert FEED_BURST_S < 3 * 0.004
+
+
+# -- Records written by someone else: whatever passes the schema, what one can add stays bounded ----
+
+
+def test_windows_dated_far_ahead_are_refused_and_never_push_the_real_ones_out():
+    feeder = Feeder()
+    feeder.give("login-insights", window_record(range(10), "real"))
+    record = orjson.loads(window_record(range(3), "x"))
+    year_9999 = 253402300740  # 9999-12-31T23:59:00Z, a valid window_start_ts
+    for n in range(KEPT_WINDOWS + 5):
+        start = year_9999 - 60 * n
+        ahead = {**record, "window_start_ts": start, "window_start": iso(start), "instance": f"x{n}"}
+        feeder.give("login-insights", orjson.dumps(ahead))
+    assert [window["instances"] for window in feeder.view.windows()] == [["real"]]
+    assert feeder.view.totals()["unreadable_records"] == KEPT_WINDOWS + 5
+
+
+def test_a_window_merged_from_more_instances_than_a_group_runs_stops_growing():
+    from login_pipeline.live import MAX_INSTANCES
+
+    feeder = Feeder()
+    record = orjson.loads(window_record(range(3), "a"))
+    for n in range(MAX_INSTANCES + 50):
+        feeder.give("login-insights", orjson.dumps({**record, "instance": f"i{n}"}))
+    [window] = feeder.view.windows()
+    assert len(window["instances"]) == MAX_INSTANCES and window["logins"] == 3 * MAX_INSTANCES
+    assert feeder.view.totals()["unreadable_records"] == 50
+
+
+def test_a_window_over_more_partitions_than_a_topic_has_is_refused():
+    from login_pipeline.live import MAX_PARTITIONS
+
+    feeder = Feeder()
+    record = orjson.loads(window_record(range(3), "a"))
+    feeder.give("login-insights", orjson.dumps({**record, "partitions": list(range(100_000))}))
+    for n in range(3):
+        part = list(range(n * MAX_PARTITIONS // 2, (n + 1) * MAX_PARTITIONS // 2))
+        feeder.give("login-insights", orjson.dumps({**record, "instance": f"i{n}", "partitions": part}))
+    [window] = feeder.view.windows()
+    assert len(window["partitions"]) == MAX_PARTITIONS and window["records"] == 2
+    assert feeder.view.totals()["unreadable_records"] == 2
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("subject_hash", "ab" * 32 + "\n"),
+        ("detected_at", "x" * 1_000_000),
+        ("detected_at", "2024-07-10T02:01:01Z\n"),
+        ("first_seen", "２０２４-07-10T02:00:00Z"),
+    ],
+)
+def test_an_alert_with_an_unbounded_or_loosely_matched_string_is_not_shown(field, value):
+    feeder = Feeder()
+    feeder.give("login-alerts", orjson.dumps({**orjson.loads(alert_record()), field: value}))
+    feeder.give("login-alerts", alert_record())
+    assert len(feeder.view.alerts()) == 1 and feeder.view.totals()["unreadable_records"] == 1

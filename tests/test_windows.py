@@ -288,3 +288,25 @@ def test_every_record_of_ours_is_accepted_by_both():
     jsonschema.validate(RECORD, schema)
     summary, instance = WindowSummary.from_record(json.dumps(RECORD).encode())
     assert (summary.logins, instance) == (20, "host-1")
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("window_start", "2024-07-10T02:00:00Z\n"),  # "$" alone lets a final newline through
+        ("window_start", "２０２４-07-10T02:00:00Z"),  # digits of another script
+        ("emitted_at", "x" * 1_000_000),
+        ("emitted_at", "2024-07-10T02:01:40Z\n"),
+        ("event_delay_buckets", {"12\n": 1}),
+    ],
+)
+def test_a_string_of_a_record_read_back_is_bounded_and_matched_whole(name, value):
+    from pathlib import Path
+
+    import jsonschema
+
+    schema = json.loads((Path(__file__).parent.parent / "schemas" / "login-insights.schema.json").read_text())
+    record = {**RECORD, name: value}
+    assert not jsonschema.Draft202012Validator(schema).is_valid(record)
+    with pytest.raises(ValueError):
+        WindowSummary.from_record(json.dumps(record).encode())
