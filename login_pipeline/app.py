@@ -139,5 +139,6 @@ def main(config: Config, process: Process, pseudonymize: Callable[[str], str]) -
         pipeline.health.readiness,
         lambda: engines.probes(config),
         pages,
+        config.http_allowed_hosts,
     ):
         return pipeline.run()

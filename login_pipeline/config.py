@@ -140,6 +140,14 @@ def _port(name: str, value: str) -> int:
     return int(value)
 
 
+def _host_names(name: str, value: str) -> tuple[str, ...]:
+    names = tuple(part.strip().lower() for part in value.split(","))
+    for host in names:
+        if host != "*" and not _HOST.match(host.removeprefix("[").removesuffix("]")):
+            raise ConfigError(f"{name}={_shown(value)}: {_shown(host)} is not a host name, an IP address or *")
+    return names
+
+
 def _host(name: str, value: str) -> str:
     if not _HOST.match(value):
         raise ConfigError(f"{name}={_shown(value)} is not a host name or an IP address")
@@ -195,6 +203,12 @@ SETTINGS = (
     Setting("SSL_CAFILE", None, "with SSL or SASL_SSL: CA certificate file (PEM) to verify the brokers", _file),
     Setting("METRICS_PORT", "9400", "port of /metrics, /livez and /readyz; 0 turns them off", _port),
     Setting("METRICS_HOST", "127.0.0.1", "address they listen on (0.0.0.0 in a container)", _host),
+    Setting(
+        "HTTP_ALLOWED_HOSTS",
+        "localhost,127.0.0.1,[::1]",
+        "Host names the dashboard and /api/* answer to, comma-separated, * for any (/metrics and probes: any)",
+        _host_names,
+    ),
     Setting(
         "LIVENESS_TIMEOUT_S",
         str(DEFAULT_LIVENESS_TIMEOUT_S),
@@ -306,6 +320,7 @@ class Config:
     ssl_cafile: str | None
     metrics_port: int
     metrics_host: str
+    http_allowed_hosts: tuple[str, ...]
     liveness_timeout_s: int
     log_format: str
     live_insights: bool

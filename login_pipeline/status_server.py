@@ -10,22 +10,31 @@
 
 - The pages given (login_pipeline.web: the dashboard at `/`, `/api/insights`, `/api/alerts`).
 
-Nothing else is served: other paths 404, other methods 405. A request must arrive whole within
-REQUEST_TIMEOUT_S, and at most MAX_CONNECTIONS are served at once (more are closed with 503), so a
-port scan or a slow client cannot pile up threads or starve the probes. Bodies never hold input
-data or secrets.
+Nothing else is served: other paths 404, other methods 405. At most MAX_CONNECTIONS are served
+at once (more are closed with 503), so a port scan cannot pile up threads. Against a client that
+holds a connection on purpose:
+- a deadline for the whole exchange (`request_deadline_s`, REQUEST_TIMEOUT_S by default): a
+  watcher shuts down any connection still open after it, however steadily the client drips bytes
+  (a socket timeout alone restarts with every byte);
+- at most MAX_REQUEST_BYTES of request line and headers; past them the connection is dropped,
+  so header floods cannot grow memory.
+The dashboard and /api/* answer only requests whose Host header names one of `allowed_hosts`
+(loopback names by default; a DNS-rebinding page in a browser sends its own name and gets 421);
+/metrics and the probes answer any Host, as Prometheus and kubelets address pods by IP. Bodies
+never hold input data or secrets.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -38,6 +47,8 @@ PROBE_INTERVAL_S = 2.0
 READY_WINDOW_S = 5.0  # a cluster counts as answering for this long after its last answer
 REQUEST_TIMEOUT_S = 5.0
 MAX_CONNECTIONS = 64
+MAX_REQUEST_BYTES = 8 * 1024  # request line and headers: a browser's are under 2 KiB
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 
 ClusterProbe = Callable[[], bool]  # one bounded request to a cluster: True when it answered
 
@@ -98,14 +109,19 @@ class StatusServer:
         liveness: Callable[[], Verdict],
         readiness: Callable[[], Verdict],
         pages: dict[str, Callable[[], Page]] | None = None,
+        allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS,
+        request_deadline_s: float = REQUEST_TIMEOUT_S,
     ) -> None:
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        handler = _handler(registry, {"/livez": liveness, "/readyz": readiness}, pages or {}, self._slots)
+        self._deadlines = _Deadlines(request_deadline_s)
+        probes = {"/livez": liveness, "/readyz": readiness}
+        handler = _handler(registry, probes, pages or {}, self._slots, self._deadlines, allowed_hosts)
         self._server = _Server((host, port), handler)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="status-server", daemon=True)
 
     def start(self) -> StatusServer:
+        self._deadlines.start()
         self._thread.start()
         return self
 
@@ -113,6 +129,69 @@ class StatusServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=10)
+        self._deadlines.stop()
+
+
+class _Deadlines:
+    """Shuts down every connection still open `deadline_s` after it was taken, from a thread of its own."""
+
+    TICK_S = 0.1
+
+    def __init__(self, deadline_s: float) -> None:
+        self._deadline_s = deadline_s
+        self._open: dict[socket.socket, float] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="http-deadlines", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def opened(self, connection: socket.socket) -> None:
+        with self._lock:
+            self._open[connection] = time.monotonic() + self._deadline_s
+
+    def closed(self, connection: socket.socket) -> None:
+        with self._lock:
+            self._open.pop(connection, None)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.TICK_S):
+            now = time.monotonic()
+            with self._lock:
+                late = [connection for connection, deadline in self._open.items() if deadline < now]
+                for connection in late:
+                    del self._open[connection]
+            for connection in late:
+                with contextlib.suppress(OSError):  # the blocked read or write returns, its thread ends
+                    connection.shutdown(socket.SHUT_RDWR)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+class _RequestTooLarge(ConnectionError):
+    """More than MAX_REQUEST_BYTES of request line and headers: the connection is dropped, unanswered."""
+
+
+class _CappedReader:
+    """The request's file, read at most MAX_REQUEST_BYTES in all (the request line and the headers)."""
+
+    def __init__(self, file: Any) -> None:
+        self._file = file
+        self._left = MAX_REQUEST_BYTES
+
+    def readline(self, size: int = -1) -> bytes:
+        limit = self._left + 1 if size < 0 else min(size, self._left + 1)
+        line = self._file.readline(limit)
+        self._left -= len(line)
+        if self._left < 0:
+            raise _RequestTooLarge()
+        return line
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._file, name)
 
 
 class _Server(ThreadingHTTPServer):
@@ -134,7 +213,12 @@ def _handler(
     probes: dict[str, Callable[[], Verdict]],
     pages: dict[str, Callable[[], Page]],
     slots: threading.BoundedSemaphore,
+    deadlines: _Deadlines,
+    allowed_hosts: tuple[str, ...],
 ):
+    any_host = "*" in allowed_hosts
+    allowed = {host.lower() for host in allowed_hosts}
+
     paths = ", ".join(["/metrics", *probes, *pages])
 
     class Handler(BaseHTTPRequestHandler):
@@ -142,15 +226,29 @@ def _handler(
         server_version = "login-processor"
         sys_version = ""
 
+        def setup(self) -> None:
+            super().setup()
+            self.rfile = _CappedReader(self.rfile)  # type: ignore[assignment]
+
         def handle(self) -> None:
             if not slots.acquire(blocking=False):
                 with contextlib.suppress(OSError):
                     self.wfile.write(b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
                 return
+            deadlines.opened(self.connection)
             try:
                 super().handle()
             finally:
+                deadlines.closed(self.connection)
                 slots.release()
+
+        def _host_allowed(self) -> bool:
+            host = (self.headers.get("Host") or "").strip().lower()
+            if host.startswith("["):  # [::1] or [::1]:9400
+                name = host[: host.find("]") + 1]
+            else:  # name, name:9400, 127.0.0.1:9400
+                name = host.split(":", 1)[0]
+            return any_host or name in allowed
 
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
@@ -160,6 +258,10 @@ def _handler(
                 verdict = probes[path]()
                 body = "ok\n" if verdict.ok else "".join(f"{reason}\n" for reason in verdict.reasons)
                 self._reply(200 if verdict.ok else 503, body.encode(), "text/plain; charset=utf-8")
+            elif path in pages and not self._host_allowed():
+                self._reply(
+                    421, b"this host name is not served here: set HTTP_ALLOWED_HOSTS\n", "text/plain; charset=utf-8"
+                )
             elif path in pages:
                 page = pages[path]()
                 self._reply(200, page.body, page.content_type)
@@ -204,6 +306,7 @@ def serving(
     readiness: Callable[[list[str]], Verdict],
     probes: Callable[[], dict[str, ClusterProbe]],
     pages: dict[str, Callable[[], Page]] | None = None,
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS,
 ) -> Iterator[StatusServer | None]:
     """Serve for the duration; with port 0, or a port already taken, nothing is served (a warning says so).
 
@@ -214,7 +317,7 @@ def serving(
         return
     watch = ClusterWatch(probes())
     try:
-        server = StatusServer(host, port, registry, liveness, lambda: readiness(watch.silent()), pages)
+        server = StatusServer(host, port, registry, liveness, lambda: readiness(watch.silent()), pages, allowed_hosts)
         # The same verdicts as the probes, for alerting rules (Prometheus cannot call /readyz itself).
         Gauge(f"{PREFIX}_ready", "1 while /readyz answers 200, else 0.", registry=registry).set_function(
             lambda: float(readiness(watch.silent()).ok)

@@ -218,7 +218,9 @@ def test_the_readme_configuration_table_lists_every_setting_with_its_declared_de
     for row in table.split("\n\n", 1)[0].splitlines():
         names, shown_defaults = row.split(" | ")[0:2]
         names_list = [name.strip(" |`") for name in names.split(",")]
-        defaults_list = [value.strip(" `") for value in shown_defaults.split(",")]
+        # One default per name where a row names several settings; one value, commas and all, otherwise.
+        parts = shown_defaults.split(",") if len(names_list) > 1 else [shown_defaults]
+        defaults_list = [value.strip(" `") for value in parts]
         if len(defaults_list) == 1:
             defaults_list *= len(names_list)
         documented.update(zip(names_list, defaults_list))

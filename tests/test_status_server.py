@@ -6,6 +6,7 @@ port, and is spoken to with raw sockets where a well-behaved client would not do
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import json
@@ -220,3 +221,114 @@ def test_port_0_serves_nothing_and_probes_no_cluster():
     registry = PipelineMetrics(build_info(defaults()), Insights()).registry
     with serving("127.0.0.1", 0, registry, lambda: Verdict(True), lambda silent: Verdict(True), probes) as server:
         assert server is None
+
+
+# -- Hostile clients: held connections, floods, another site's name ---------------------------------
+
+
+@pytest.fixture
+def guarded(running_pipeline):
+    """A server with a page, a 1 s request deadline, and the default Host allowlist."""
+    from login_pipeline.status_server import Page
+
+    pipeline, _, _ = running_pipeline
+    status = StatusServer(
+        "127.0.0.1",
+        free_ports(1)[0],
+        pipeline.metrics.registry,
+        pipeline.health.liveness,
+        lambda: pipeline.health.readiness([]),
+        {"/api/insights": lambda: Page(b"{}", "application/json")},
+        request_deadline_s=1.0,
+    ).start()
+    yield status
+    status.stop()
+
+
+def closed_within(sock: socket.socket, seconds: float, drip: bytes = b"") -> float | None:
+    """Seconds until the server closed `sock` while a byte of `drip` was sent every 0.2 s; None if it never did."""
+    began = time.monotonic()
+    sock.settimeout(0.2)
+    for byte in (drip * 1000)[: int(seconds / 0.2)] or [0] * int(seconds / 0.2):
+        try:
+            if drip:
+                sock.sendall(bytes([byte]))
+            if sock.recv(4096) == b"":
+                return time.monotonic() - began
+        except socket.timeout:
+            continue
+        except OSError:
+            return time.monotonic() - began
+    return None
+
+
+def test_a_client_dripping_a_byte_at_a_time_is_cut_at_the_request_deadline(guarded):
+    with socket.create_connection(("127.0.0.1", guarded.port), timeout=10) as sock:
+        closed = closed_within(sock, 4.0, drip=b"GET /livez HTTP/1.1\r\nX-Slow: " + b"a" * 100)
+    assert closed is not None and closed < 2.5  # the socket timeout alone restarted with every byte
+
+
+def test_the_probes_answer_again_while_every_connection_is_held_by_drippers(guarded):
+    held = [socket.create_connection(("127.0.0.1", guarded.port), timeout=10) for _ in range(MAX_CONNECTIONS)]
+    stop = threading.Event()
+
+    def drip() -> None:
+        while not stop.wait(0.3):
+            for sock in held:
+                with contextlib.suppress(OSError):
+                    sock.sendall(b"a")
+
+    for sock in held:
+        sock.sendall(b"GET /livez HTTP/1.1\r\nX-Slow: ")
+    dripper = threading.Thread(target=drip, daemon=True)
+    dripper.start()
+    try:
+        deadline = time.monotonic() + 5
+        answered = None
+        while time.monotonic() < deadline and answered != 200:
+            answered = get(guarded.port, "/livez")[0]
+            time.sleep(0.2)
+        assert answered == 200
+    finally:
+        stop.set()
+        dripper.join(5)
+        for sock in held:
+            sock.close()
+
+
+def test_a_header_flood_is_dropped_unanswered_and_the_server_goes_on(guarded):
+    with socket.create_connection(("127.0.0.1", guarded.port), timeout=10) as sock:
+        with contextlib.suppress(OSError):
+            sock.sendall(b"GET /livez HTTP/1.1\r\n" + (b"X-Flood: " + b"b" * 1000 + b"\r\n") * 90 + b"\r\n")
+        answer = b""
+        with contextlib.suppress(OSError):
+            answer = sock.recv(4096)
+    assert not answer.startswith(b"HTTP/1.0 200")
+    assert get(guarded.port, "/livez")[0] == 200
+
+
+@pytest.mark.parametrize(
+    "host, page_status",
+    [
+        ("attacker.example", 421),  # a DNS-rebinding page sends its own name
+        ("attacker.example:9400", 421),
+        ("localhost:9400", 200),
+        ("127.0.0.1", 200),
+        ("[::1]:9400", 200),
+        ("", 421),
+    ],
+)
+def test_pages_answer_only_loopback_host_names_and_the_probes_and_metrics_any(guarded, host, page_status):
+    def status_of(path: str) -> int:
+        connection = http.client.HTTPConnection("127.0.0.1", guarded.port, timeout=10)
+        try:
+            connection.putrequest("GET", path, skip_host=True)
+            if host:
+                connection.putheader("Host", host)
+            connection.endheaders()
+            return connection.getresponse().status
+        finally:
+            connection.close()
+
+    assert status_of("/api/insights") == page_status
+    assert status_of("/livez") == 200 and status_of("/metrics") == 200
