@@ -11,6 +11,7 @@ configuration is `login_pipeline.config`.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import secrets
 import sys
@@ -70,8 +71,9 @@ def process_message(raw: bytes, processed_at: float, pii_key: bytes) -> Processi
        ip that is not an IPv4 or IPv6 literal (a zone id included): invalid_field.
        Any string field longer than MAX_CHARS: invalid_field.
     5. device_type is lower-cased, locale upper-cased; fields not named above are dropped.
-    ip and device_id leave only as HMAC-SHA-256 hashes under pii_key, the ip in its canonical form
-    (login_pipeline.addresses), so every spelling of one address gives one hash; no message quotes a value.
+    ip and device_id leave only as HMAC-SHA-256 hashes, each under its own key derived from pii_key
+    (field_key), the ip in its canonical form (login_pipeline.addresses), so every spelling of one
+    address gives one hash; no message quotes a value.
 
     Rules 1, 2 and 4's types and lengths are checked by one of two decoders: LoginEvent's, in C, for
     the shape nearly every event has, or _decode_any_shape for the rest. Both give a LoginEvent; the
@@ -104,13 +106,13 @@ def process_message(raw: bytes, processed_at: float, pii_key: bytes) -> Processi
     repaired = []
     if not (app_version and device_type and ip and locale and device_id):  # one test for the usual event
         repaired = [name for name in OPTIONAL_FIELDS if not getattr(event, name)]
-    inner, outer = _hmac_states(pii_key)
+    ip_states, device_id_states = _field_states(pii_key)
     ip_hash = ip_version = ip_is_public = None
     if ip:
         address = classify_ip(ip)
         if address is None:
             return Rejection(INVALID_FIELD, "ip", "ip is not a valid IPv4 or IPv6 address (zone ids are refused)")
-        ip_hash = _hmac_hex(inner, outer, address.canonical)
+        ip_hash = _hmac_hex(*ip_states, address.canonical)
         ip_version, ip_is_public = address.version, address.is_public
 
     record = {
@@ -122,7 +124,7 @@ def process_message(raw: bytes, processed_at: float, pii_key: bytes) -> Processi
         "ip_hash": ip_hash,
         "ip_version": ip_version,
         "ip_is_public": ip_is_public,
-        "device_id_hash": _hmac_hex(inner, outer, device_id) if device_id else None,
+        "device_id_hash": _hmac_hex(*device_id_states, device_id) if device_id else None,
         "login_ts": login_ts,
         "login_time": _iso_utc(login_ts),
         "processed_time": _iso_utc(processed_at),
@@ -243,6 +245,31 @@ def _delay_s(processed_at: float, login_ts: int) -> float:
     return round(processed_at - login_ts, 3)
 
 
+def field_key(pii_key: bytes, field: str) -> bytes:
+    """The key one field is hashed under: HMAC-SHA-256(pii_key, "login-pipeline/<field>").
+
+    One key per field, so equal values in different fields give unrelated hashes: with one key for
+    all, an ip or a user id sent as a device_id came back as the HMAC an alert names its subject by.
+    """
+    return hmac.new(pii_key, f"login-pipeline/{field}".encode(), hashlib.sha256).digest()
+
+
+def hash_user_id(pii_key: bytes, user_id: str) -> str:
+    """How an alert names a user: HMAC-SHA-256 under the user_id field's key."""
+    return _keyed_hash(_user_id_key(pii_key), user_id)
+
+
+@lru_cache(maxsize=2)
+def _user_id_key(pii_key: bytes) -> bytes:
+    return field_key(pii_key, "user_id")
+
+
+@lru_cache(maxsize=2)
+def _field_states(pii_key: bytes) -> tuple[tuple[Any, Any], tuple[Any, Any]]:
+    """The HMAC states of the ip's and the device_id's keys, looked up once a message."""
+    return _hmac_states(field_key(pii_key, "ip")), _hmac_states(field_key(pii_key, "device_id"))
+
+
 def _keyed_hash(key: bytes, value: str) -> str:
     # Keyed, not a plain SHA-256: all 2**32 IPv4 addresses can be hashed and matched in minutes.
     inner, outer = _hmac_states(key)
@@ -257,7 +284,7 @@ def _hmac_hex(inner: Any, outer: Any, value: str) -> str:
     return mac.hexdigest()
 
 
-@lru_cache(maxsize=2)
+@lru_cache(maxsize=8)
 def _hmac_states(key: bytes) -> tuple[Any, Any]:
     """HMAC-SHA-256 (RFC 2104) with the key's inner and outer blocks hashed once, copied per value.
 
@@ -302,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
             "PII_HASH_KEY is unset: hashing ip and device_id with a random key for this process only; "
             "hashes will differ between runs and instances. Set PII_HASH_KEY in production."
         )
-    return app.main(config, partial(process_message, pii_key=pii_key), partial(_keyed_hash, pii_key))
+    return app.main(config, partial(process_message, pii_key=pii_key), partial(hash_user_id, pii_key))
 
 
 if __name__ == "__main__":

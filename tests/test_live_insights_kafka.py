@@ -9,7 +9,7 @@ import json
 import time
 from dataclasses import dataclass
 
-from kafka_consumer_processor import _keyed_hash
+from kafka_consumer_processor import _keyed_hash, field_key, hash_user_id
 from local_kafka.brokers import Cluster, free_ports
 from login_pipeline.sketches import HyperLogLog
 from tests.kafka_helpers import TEST_PII_KEY, Processor, Topics, read_all, wait_until
@@ -143,8 +143,8 @@ def test_two_instances_publish_windows_and_alerts_and_agree_on_the_group(plain_k
     key = TEST_PII_KEY.encode()
     assert sorted((a["rule"], a["subject_hash"], *a["evidence"].values()) for a in alerts) == sorted(
         [
-            ("credential_stuffing", _keyed_hash(key, STUFFING_IP), 15),
-            ("locale_hopping", _keyed_hash(key, "hopper"), 3),
+            ("credential_stuffing", _keyed_hash(field_key(key, "ip"), STUFFING_IP), 15),
+            ("locale_hopping", hash_user_id(key, "hopper"), 3),
         ]
     )
     published = json.dumps(windows + alerts)

@@ -36,8 +36,10 @@ def run(raw: bytes):
     return process_message(raw, NOW, KEY)
 
 
-def hmac_hex(value: str) -> str:
-    return hmac.new(KEY, value.encode(), hashlib.sha256).hexdigest()
+def hmac_hex(value: str, field: str = "ip") -> str:
+    """HMAC-SHA-256 of `value` under `field`'s own key, HMAC-SHA-256(KEY, "login-pipeline/<field>")."""
+    key = hmac.new(KEY, f"login-pipeline/{field}".encode(), hashlib.sha256).digest()
+    return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
 
 
 # -- 1. The message must be a UTF-8 JSON object --------------------------------------------------
@@ -209,7 +211,7 @@ def test_a_valid_event_becomes_the_documented_output_record():
             "ip_hash": hmac_hex("108.228.145.239"),
             "ip_version": 4,
             "ip_is_public": True,
-            "device_id_hash": hmac_hex("6221eb3d-89b5-4585-8c98-545b78e24c53"),
+            "device_id_hash": hmac_hex("6221eb3d-89b5-4585-8c98-545b78e24c53", "device_id"),
             "login_ts": 1720576825,
             "login_time": "2024-07-10T02:00:25Z",
             "processed_time": "2024-07-10T02:01:40.500Z",
@@ -303,7 +305,7 @@ def test_login_shaped_objects_follow_the_rules(body):
     for name in ("ip", "device_id"):
         raw_value = body.get(name)
         if raw_value:
-            assert record[f"{name}_hash"] == hmac_hex(raw_value)
+            assert record[f"{name}_hash"] == hmac_hex(raw_value, name)
 
 
 # -- The shipped JSON Schema describes every output ------------------------------------------------
@@ -397,3 +399,13 @@ def test_the_usual_event_takes_the_fast_decoder():
     from kafka_consumer_processor import LoginEvent, _decode_common_shape
 
     assert _decode_common_shape(event()) == LoginEvent(**SAMPLE)
+
+
+def test_one_value_in_different_fields_gives_unrelated_hashes():
+    from kafka_consumer_processor import hash_user_id
+
+    same = "1.2.3.4"
+    record = run(event(user_id=same, ip=same, device_id=same)).record
+    hashes = {record["ip_hash"], record["device_id_hash"], hash_user_id(KEY, same)}
+    assert len(hashes) == 3  # with one key for all, the three were one: a device_id sent in gave any user's hash
+    assert hash_user_id(KEY, same) == hmac_hex(same, "user_id")
