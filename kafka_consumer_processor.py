@@ -329,7 +329,12 @@ def main(argv: list[str] | None = None) -> int:
             "PII_HASH_KEY is unset: hashing ip and device_id with a random key for this process only; "
             "hashes will differ between runs and instances. Set PII_HASH_KEY in production."
         )
-    return app.main(config, partial(process_message, pii_key=pii_key), partial(hash_user_id, pii_key))
+    return app.main(
+        config,
+        partial(process_message, pii_key=pii_key),
+        partial(hash_user_id, pii_key),
+        field_key(pii_key, "users-hll"),
+    )
 
 
 if __name__ == "__main__":

@@ -94,10 +94,11 @@ def live_settings(config: Config) -> LiveSettings:
     return LiveSettings(config.insights_topic, config.alerts_topic, config.windows, config.alerts)
 
 
-def main(config: Config, process: Process, pseudonymize: Callable[[str], str]) -> int:
+def main(config: Config, process: Process, pseudonymize: Callable[[str], str], users_key: bytes = b"") -> int:
     """Run the pipeline with signal handling and its HTTP server; startup problems: one line, exit 1.
 
-    `pseudonymize` hashes a user id for the alerts, with the key that hashes ip and device_id.
+    `pseudonymize` hashes a user id for the alerts, and `users_key` keys the published distinct-user
+    sketches, both derived from the key that hashes ip and device_id.
     """
     stop = StopRequest()
     stop.install()
@@ -112,7 +113,12 @@ def main(config: Config, process: Process, pseudonymize: Callable[[str], str]) -
         feed = partial(engines.live_feed, config) if config.metrics_port else None
         try:
             live = LiveProcess(
-                live_settings(config), config.log_format, pseudonymize, partial(engines.live_publisher, config), feed
+                live_settings(config),
+                config.log_format,
+                pseudonymize,
+                partial(engines.live_publisher, config),
+                feed,
+                users_key,
             )
         except StartupError as error:
             log.error("%s", error)

@@ -102,7 +102,10 @@ class LiveInsights:
         wall_clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         instance: str | None = None,
+        users_key: bytes = b"",
     ) -> None:
+        """`users_key` keys the distinct-user sketches the windows publish (derived from PII_HASH_KEY, so
+        every instance of a group shares it and their windows merge)."""
         self._publisher = publisher
         self._insights_topic = settings.insights_topic
         self._alerts_topic = settings.alerts_topic
@@ -111,7 +114,7 @@ class LiveInsights:
         self._lock = threading.Lock()
         self.instance = instance or instance_name()
         windows = settings.windows
-        self.windows = TumblingWindows(windows.size_s, windows.grace_s, windows.idle_s)
+        self.windows = TumblingWindows(windows.size_s, windows.grace_s, windows.idle_s, users_key)
         self.rules = AlertRules(settings.alerts, pseudonymize)
         self.windows_published = 0
         self.alerts_raised: dict[str, int] = {}  # by rule: four keys at most

@@ -154,6 +154,7 @@ class LiveProcess:
         pseudonymize: Callable[[str], str],
         publisher_factory: Callable[[], Publisher],
         feed_factory: Optional[Callable[[float], Feed]] = None,
+        users_key: bytes = b"",
     ) -> None:
         """Start the child and wait until its publisher is up; StartupError says why not.
 
@@ -161,7 +162,15 @@ class LiveProcess:
         view) are called in the child, so they must pickle (module-level functions or partials of one)."""
         context = multiprocessing.get_context("spawn")
         questions, child_questions = context.Pipe()
-        arguments = (child_questions, settings, pseudonymize, publisher_factory, feed_factory, instance_name())
+        arguments = (
+            child_questions,
+            settings,
+            pseudonymize,
+            publisher_factory,
+            feed_factory,
+            users_key,
+            instance_name(),
+        )
         self._child = Child(_serve, arguments, "login-live", log_format)
         child_questions.close()
         self.gone = False
@@ -229,6 +238,7 @@ def _serve(
     pseudonymize: Callable[[str], str],
     publisher_factory: Callable[[], Publisher],
     feed_factory: Optional[Callable[[float], Feed]],
+    users_key: bytes,
     instance: str,
 ) -> None:
     """The child: a LiveInsights fed by the parent's batches, and a GroupView fed by a thread of its
@@ -244,7 +254,7 @@ def _serve(
         value: Any = None
         if isinstance(question, Start):
             try:
-                live = LiveInsights(settings, publisher_factory(), pseudonymize, instance=instance)
+                live = LiveInsights(settings, publisher_factory(), pseudonymize, instance=instance, users_key=users_key)
                 if feed_factory is not None:
                     view = GroupView(settings.insights_topic, settings.alerts_topic)
                     since = time.time() - KEPT_WINDOWS * settings.windows.size_s

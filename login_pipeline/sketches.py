@@ -20,6 +20,9 @@ class HyperLogLog:
     The hash is BLAKE2b cut to 64 bits, not Python's hash(), which is salted per process: the same
     input gives the same registers and the same estimate in every process and run, so estimates can
     be compared and register sets merged. It costs about 0.6 us an item (measured with timeit).
+    Keyed (`key`, BLAKE2b's own keyed mode, at the same cost) where the registers are published:
+    unkeyed, anyone could hash a candidate item and read in its register whether it was seen.
+    Register sets made under one key merge; a reader without it learns nothing from them.
     """
 
     STANDARD_ERROR = 1.04 / 64  # 1.04 / sqrt(2**12)
@@ -27,7 +30,8 @@ class HyperLogLog:
     PRECISION = 12
     MAX_RANK = 64 - PRECISION + 1
 
-    def __init__(self, registers: bytes | None = None) -> None:
+    def __init__(self, registers: bytes | None = None, key: bytes = b"") -> None:
+        self._key = key
         self._m = 1 << self.PRECISION
         self._rest_bits = 64 - self.PRECISION
         self._registers = bytearray(self._m) if registers is None else bytearray(registers)
@@ -57,10 +61,10 @@ class HyperLogLog:
         self._registers = bytearray(((mine & mine_wins) | (theirs & ~mine_wins)).to_bytes(size, "big"))
 
     def add_all(self, items: Iterable[str]) -> None:
-        registers, rest_bits = self._registers, self._rest_bits
+        registers, rest_bits, key = self._registers, self._rest_bits, self._key
         rest_mask = (1 << rest_bits) - 1
         for item in items:
-            x = int.from_bytes(blake2b(item.encode(), digest_size=8).digest(), "big")
+            x = int.from_bytes(blake2b(item.encode(), digest_size=8, key=key).digest(), "big")
             index = x >> rest_bits
             rank = rest_bits - (x & rest_mask).bit_length() + 1
             if rank > registers[index]:

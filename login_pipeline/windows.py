@@ -216,7 +216,8 @@ class Closed:
 class TumblingWindows:
     """Open windows of this process, fed whole delivered batches; see the module's contract."""
 
-    def __init__(self, size_s: int, grace_s: int, idle_s: float) -> None:
+    def __init__(self, size_s: int, grace_s: int, idle_s: float, users_key: bytes = b"") -> None:
+        self.users_key = users_key  # the windows' HyperLogLogs are published: keyed (sketches.HyperLogLog)
         self.size_s = size_s
         self.grace_s = grace_s
         self.idle_s = idle_s
@@ -342,7 +343,7 @@ class TumblingWindows:
             oldest = min(self.open)
             self._closed_early.append(Closed(self.open.pop(oldest), "capacity"))
             self.closed_through = max(self.closed_through or 0, oldest + self.size_s)
-        window = self.open[start] = WindowSummary(start, self.size_s)
+        window = self.open[start] = WindowSummary(start, self.size_s, users=HyperLogLog(key=self.users_key))
         return window
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
@@ -310,3 +311,28 @@ def test_a_string_of_a_record_read_back_is_bounded_and_matched_whole(name, value
     assert not jsonschema.Draft202012Validator(schema).is_valid(record)
     with pytest.raises(ValueError):
         WindowSummary.from_record(json.dumps(record).encode())
+
+
+def test_without_the_key_the_published_registers_tell_no_more_than_chance_who_logged_in():
+    from hashlib import blake2b
+
+    from login_pipeline.sketches import HyperLogLog
+
+    def flagged(registers: bytes, user: str) -> bool:
+        """The attack on an unkeyed sketch: hash the candidate, look at its register."""
+        x = int.from_bytes(blake2b(user.encode(), digest_size=8).digest(), "big")
+        rest = 64 - HyperLogLog.PRECISION
+        return registers[x >> rest] == rest - (x & ((1 << rest) - 1)).bit_length() + 1
+
+    members = [f"member-{n}" for n in range(20)]
+    for key, expected_members_flagged in ((b"", 20), (b"k" * 32, None)):
+        w = TumblingWindows(60, 10, 30, users_key=key)
+        observe(w, [login(T0 + 5, user=user) for user in members], partition=0, processed_at=T0 + 6, now=0)
+        [closed] = w.flush("stop")
+        registers = base64.b64decode(closed.summary.to_record("a", "stop", T0 + 70)["users_hll"])
+        hits = sum(flagged(registers, user) for user in members)
+        if expected_members_flagged is not None:
+            assert hits == expected_members_flagged  # unkeyed: every member shows
+        else:
+            assert hits <= 2  # keyed: a member shows no more often than a stranger would (about 0.2 %)
+        assert abs(closed.summary.users.count() - 20) <= 1  # the estimate is as good either way
