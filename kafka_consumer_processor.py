@@ -245,6 +245,7 @@ def _delay_s(processed_at: float, login_ts: int) -> float:
     return round(processed_at - login_ts, 3)
 
 
+@lru_cache(maxsize=8)  # a process has one key and hashes four fields with it
 def field_key(pii_key: bytes, field: str) -> bytes:
     """The key one field is hashed under: HMAC-SHA-256(pii_key, "login-pipeline/<field>").
 
@@ -256,12 +257,7 @@ def field_key(pii_key: bytes, field: str) -> bytes:
 
 def hash_user_id(pii_key: bytes, user_id: str) -> str:
     """How an alert names a user: HMAC-SHA-256 under the user_id field's key."""
-    return _keyed_hash(_user_id_key(pii_key), user_id)
-
-
-@lru_cache(maxsize=2)
-def _user_id_key(pii_key: bytes) -> bytes:
-    return field_key(pii_key, "user_id")
+    return _keyed_hash(field_key(pii_key, "user_id"), user_id)
 
 
 @lru_cache(maxsize=2)

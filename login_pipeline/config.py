@@ -143,7 +143,8 @@ def _port(name: str, value: str) -> int:
 def _host_names(name: str, value: str) -> tuple[str, ...]:
     names = tuple(part.strip().lower() for part in value.split(","))
     for host in names:
-        if host != "*" and not _HOST.match(host.removeprefix("[").removesuffix("]")):
+        bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host  # [::1], as in a Host header
+        if host != "*" and not _HOST.match(bare):
             raise ConfigError(f"{name}={_shown(value)}: {_shown(host)} is not a host name, an IP address or *")
     return names
 

@@ -266,3 +266,14 @@ def test_with_the_key_required_a_missing_or_empty_one_is_one_line_not_a_random_k
     with pytest.raises(ConfigError, match=r"^PII_HASH_KEY is required \(REQUIRE_PII_HASH_KEY=on\)"):
         load([], "test", environ=environ)
     assert load([], "test", environ={**environ, "PII_HASH_KEY": "the-groups-key-0123"}).require_pii_hash_key
+
+
+@pytest.mark.parametrize("value", ["evil host", "a,,b", "localhost;rm", "[::1", "x" * 300])
+def test_an_allowed_host_that_is_no_host_name_is_one_line_naming_it(value):
+    with pytest.raises(ConfigError, match="HTTP_ALLOWED_HOSTS"):
+        load([], "test", environ={"HTTP_ALLOWED_HOSTS": value})
+
+
+def test_allowed_hosts_take_names_addresses_and_a_star():
+    config = load([], "test", environ={"HTTP_ALLOWED_HOSTS": "Dash.Example, 10.0.0.5,[::1],*"})
+    assert config.http_allowed_hosts == ("dash.example", "10.0.0.5", "[::1]", "*")
