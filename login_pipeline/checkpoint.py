@@ -2,7 +2,7 @@
 
 The run loop calls a `Checkpoint` at four points and nowhere else decides a commit:
 - `delivered(batch)`: the output acknowledged the batch and every batch before it.
-- `commit()`: after the deliveries of a loop turn.
+- `commit()`: at the end of every loop turn, after its deliveries.
 - `before_revoke(partitions)`: inside the revoke handler, once what was in flight is settled.
 - `final(timeout_s)`: at stop, after the last delivery.
 
@@ -27,8 +27,9 @@ class Checkpoint(Protocol):
     """What the run loop commits, and when.
 
     - `delivered(batch)` records that a batch and all before it were acknowledged. Never blocks.
-    - `commit()` commits what was delivered since the last commit, without waiting for the answer
-      (it may block only to send it).
+    - `commit()` commits what was delivered since the last commit, or everything delivered after a
+      failed commit, without waiting for the answer (it may block only to send it); nothing is sent
+      when nothing is due, so it is called every turn, idle or not.
     - `before_revoke(partitions)` returns the offsets to commit before `partitions` go (the Input
       commits them, waiting); they are forgotten afterwards. Called inside `Input.poll`/`close`.
     - `commit_answered(error)`: a background commit was answered (None: taken), from inside a poll.
@@ -80,7 +81,7 @@ class GroupCommits:
 
     def commit_answered(self, error: Optional[str]) -> None:
         if error is not None:
-            log.warning("commit failed (%s); will retry with the next batch", error)
+            log.warning("commit failed (%s); will retry at the next turn", error)
         self._answered(error)
 
     def _answered(self, error: Optional[str]) -> None:

@@ -15,10 +15,10 @@ Contract of `RunLoop.run`:
   output failure the failed batch and the ones behind it are produced again, after what went
   before, so a retried record can appear twice, the second time after later ones.
 - Commits: the Checkpoint decides them (login_pipeline.checkpoint); the loop tells it of each
-  batch acknowledged (acks=all, idempotent producer) in order, and asks it to commit after each
-  turn that delivered something, before partitions are revoked, and at stop. So a crash can repeat
-  the uncommitted batches (the ones in flight, the one being processed, and one whose commit was
-  unanswered), never skip them.
+  batch acknowledged (acks=all, idempotent producer) in order, and asks it to commit at the end of
+  each turn (what was delivered, or a failed commit again), before partitions are revoked, and at
+  stop. So a crash can repeat the uncommitted batches (the ones in flight, the one being
+  processed, and one whose commit was unanswered), never skip them.
 - Pipelining: up to `in_flight_batches` batches stay in flight while the next is processed, so
   processing overlaps producing and the output cluster's acknowledgement.
 - Rebalances: partitions are only revoked inside poll or close; before they go, the revoke
@@ -172,7 +172,9 @@ class RunLoop:
             try:
                 if self._acknowledgements.settle(keep=settings.in_flight_batches if polled else 0):
                     failures = 0
-                    self._checkpoint.commit()
+                # Every turn, not only after a delivery: a commit that failed as the input went quiet
+                # is repeated while nothing new arrives (the Checkpoint sends nothing when nothing is due).
+                self._checkpoint.commit()
             except NotAcknowledged:
                 failures += 1
                 backoff = min(settings.max_backoff_s, 0.5 * 2**failures)

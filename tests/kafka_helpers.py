@@ -212,10 +212,16 @@ class Processor:
         """Each `with` is one run of the processor; the same object can run again after it."""
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type=None, *exc) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(timeout=30)
+        if exc_type is not None and self.process is not None:
+            # The processor's own account is what tells a stall from a slow broker: show its last lines.
+            noise = ("kafka.net", "kafka.cluster")
+            lines = [line for line in self.stderr.splitlines() if not any(name in line for name in noise)]
+            print(f"--- {self.stderr_path.name}, last lines (the client's own connection noise left out):")
+            print("\n".join(lines[-40:]))
 
 
 def caught_up(kafka, topics: Topics) -> bool:

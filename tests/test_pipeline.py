@@ -176,6 +176,21 @@ def test_a_failed_background_commit_is_repeated_by_the_next_commit():
     assert_commits_follow_acknowledgements(source)
 
 
+def test_a_failed_commit_is_retried_while_no_new_input_arrives():
+    # Found on real brokers: the input cluster went away as the stream ended; the commit it failed was
+    # only retried "with the next batch", and with no next batch the group stayed behind for good.
+    output = FakeOutput()
+    source = FakeInput(output, {0: records(0, 8)}, batch_size=8)
+    stop = InstantStop()
+    tested = pipeline(source, output, stop)
+    stop_after_polls(source, stop, 6)
+    source.fail_commits = 1
+    assert tested.run() == 0
+    background = [commit.offsets for commit in source.commits if not commit.waited]
+    assert background == [{Partition("user-login", 0): 8}]  # the retry, before any final commit
+    assert_commits_follow_acknowledgements(source)
+
+
 def test_a_failed_final_commit_exits_1():
     output = FakeOutput()
     source = FakeInput(output, {0: records(0, 5)}, batch_size=10)
