@@ -11,8 +11,10 @@
 - The pages given (login_pipeline.web: the dashboard at `/`, `/api/insights`, `/api/alerts`).
 
 Nothing else is served: other paths 404, other methods 405. At most MAX_CONNECTIONS are served
-at once (more are closed with 503), so a port scan cannot pile up threads. Against a client that
-holds a connection on purpose:
+at once, and at most MAX_CONNECTIONS_PER_CLIENT from one address (more are closed with 503), so a
+port scan cannot pile up threads and one client, however many connections it opens, leaves the
+kubelet's probes and Prometheus's scrapes most of the slots. Against a client that holds a
+connection on purpose:
 - a deadline for the whole exchange (`request_deadline_s`, REQUEST_TIMEOUT_S by default): a
   watcher shuts down any connection still open after it, however steadily the client drips bytes
   (a socket timeout alone restarts with every byte);
@@ -47,6 +49,9 @@ PROBE_INTERVAL_S = 2.0
 READY_WINDOW_S = 5.0  # a cluster counts as answering for this long after its last answer
 REQUEST_TIMEOUT_S = 5.0
 MAX_CONNECTIONS = 64
+# One address may hold an eighth of the slots: 80 drippers from one pod answered /livez 503 ten
+# probes in ten while every slot was theirs. Clients behind one proxy share its address.
+MAX_CONNECTIONS_PER_CLIENT = MAX_CONNECTIONS // 8
 MAX_REQUEST_BYTES = 8 * 1024  # request line and headers: a browser's are under 2 KiB
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 
@@ -112,7 +117,7 @@ class StatusServer:
         allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS,
         request_deadline_s: float = REQUEST_TIMEOUT_S,
     ) -> None:
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._slots = _Slots()
         self._deadlines = _Deadlines(request_deadline_s)
         probes = {"/livez": liveness, "/readyz": readiness}
         handler = _handler(registry, probes, pages or {}, self._slots, self._deadlines, allowed_hosts)
@@ -130,6 +135,33 @@ class StatusServer:
         self._server.server_close()
         self._thread.join(timeout=10)
         self._deadlines.stop()
+
+
+class _Slots:
+    """Connections being served: at most MAX_CONNECTIONS, of which MAX_CONNECTIONS_PER_CLIENT per address."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held = 0
+        self._by_client: dict[str, int] = {}  # only addresses holding a slot: bounded by MAX_CONNECTIONS
+
+    def take(self, client: str) -> bool:
+        with self._lock:
+            held_by_client = self._by_client.get(client, 0)
+            if self._held >= MAX_CONNECTIONS or held_by_client >= MAX_CONNECTIONS_PER_CLIENT:
+                return False
+            self._held += 1
+            self._by_client[client] = held_by_client + 1
+            return True
+
+    def give_back(self, client: str) -> None:
+        with self._lock:
+            self._held -= 1
+            left = self._by_client[client] - 1
+            if left:
+                self._by_client[client] = left
+            else:
+                del self._by_client[client]
 
 
 class _Deadlines:
@@ -212,7 +244,7 @@ def _handler(
     registry: CollectorRegistry,
     probes: dict[str, Callable[[], Verdict]],
     pages: dict[str, Callable[[], Page]],
-    slots: threading.BoundedSemaphore,
+    slots: _Slots,
     deadlines: _Deadlines,
     allowed_hosts: tuple[str, ...],
 ):
@@ -231,7 +263,8 @@ def _handler(
             self.rfile = _CappedReader(self.rfile)  # type: ignore[assignment]
 
         def handle(self) -> None:
-            if not slots.acquire(blocking=False):
+            client = self.client_address[0]
+            if not slots.take(client):
                 with contextlib.suppress(OSError):
                     self.wfile.write(b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
                 return
@@ -240,7 +273,7 @@ def _handler(
                 super().handle()
             finally:
                 deadlines.closed(self.connection)
-                slots.release()
+                slots.give_back(client)
 
         def _host_allowed(self) -> bool:
             host = (self.headers.get("Host") or "").strip().lower()

@@ -167,7 +167,11 @@ def test_malformed_requests_get_an_error_status_and_the_server_goes_on(server, r
 
 @pytest.mark.slow  # waits out the request timeout
 def test_slow_clients_holding_every_connection_get_no_thread_and_the_probes_return_after_them(server):
-    held = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(MAX_CONNECTIONS + 10)]
+    # From many addresses (one alone may hold only MAX_CONNECTIONS_PER_CLIENT): every slot is taken.
+    held = [
+        socket.create_connection(("127.0.0.1", server.port), timeout=10, source_address=(f"127.0.1.{n % 20 + 1}", 0))
+        for n in range(MAX_CONNECTIONS + 10)
+    ]
     try:
         for sock in held:
             sock.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\n")  # never finished
@@ -294,6 +298,60 @@ def test_the_probes_answer_again_while_every_connection_is_held_by_drippers(guar
         dripper.join(5)
         for sock in held:
             sock.close()
+
+
+def test_one_address_reconnecting_as_fast_as_it_can_never_crowds_out_the_probes(guarded):
+    # The attack a pod in the cluster can make: as many dripping connections as the server takes,
+    # each one replaced as soon as the deadline cuts it. The kubelet's probe comes from elsewhere.
+    stop = threading.Event()
+    opened = []
+
+    def attack() -> None:
+        held: list[socket.socket] = []
+        while not stop.is_set():
+            while len(held) < MAX_CONNECTIONS + 16:
+                try:
+                    sock = socket.create_connection(
+                        ("127.0.0.1", guarded.port), timeout=1, source_address=("127.0.0.2", 0)
+                    )
+                    sock.sendall(b"GET /livez HTTP/1.1\r\nX-Slow: ")
+                except OSError:
+                    break
+                held.append(sock)
+                opened.append(1)
+            alive = []
+            for sock in held:
+                try:
+                    sock.sendall(b"a")
+                    alive.append(sock)
+                except OSError:
+                    sock.close()
+            held = alive
+            stop.wait(0.1)
+        for sock in held:
+            sock.close()
+
+    attacker = threading.Thread(target=attack, daemon=True)
+    attacker.start()
+    try:
+        time.sleep(0.5)
+        answers = []
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            connection = http.client.HTTPConnection("127.0.0.1", guarded.port, timeout=1)  # the kubelet's timeout
+            try:
+                connection.request("GET", "/livez")
+                answers.append(connection.getresponse().status)
+            except OSError as error:
+                answers.append(type(error).__name__)
+            finally:
+                connection.close()
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        attacker.join(10)
+    assert len(opened) > MAX_CONNECTIONS  # the attacker did try to take every slot
+    assert answers and set(answers) == {200}, answers
 
 
 def test_a_header_flood_is_dropped_unanswered_and_the_server_goes_on(guarded):
