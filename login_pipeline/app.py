@@ -146,5 +146,6 @@ def main(config: Config, process: Process, pseudonymize: Callable[[str], str], u
         lambda: engines.probes(config),
         pages,
         config.http_allowed_hosts,
+        config.http_token,
     ):
         return pipeline.run()

@@ -23,6 +23,8 @@ KAFKA_CLIENTS = (KAFKA_PYTHON, "confluent-kafka")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 MIN_PII_KEY_BYTES = 16
+MIN_HTTP_TOKEN_CHARS = 32  # secrets.token_urlsafe(32) gives 43
+MAX_HTTP_TOKEN_CHARS = 512  # it must fit in the 8 KiB of headers the HTTP server reads
 # Kafka's own rule for topic names (and, here, for consumer group names too).
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _SERVER = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})$")
@@ -35,6 +37,7 @@ LOG_FORMATS = ("text", "json")
 # The run loop's longest legitimate wait is an acknowledgement (150 s); longer than that, it is stuck.
 DEFAULT_LIVENESS_TIMEOUT_S = 180
 MAX_LIVENESS_TIMEOUT_S = 86_400
+_TOKEN68 = re.compile(r"^[A-Za-z0-9._~+/-]+=*\Z")
 _HOST = re.compile(r"^([0-9A-Za-z.-]{1,253}|[0-9A-Fa-f:.]{2,45})$")
 
 
@@ -149,6 +152,16 @@ def _host_names(name: str, value: str) -> tuple[str, ...]:
     return names
 
 
+def _http_token(name: str, value: str) -> str:
+    # RFC 6750's token68 characters only: it travels in a header, and a browser's Basic prompt takes it.
+    if not MIN_HTTP_TOKEN_CHARS <= len(value) <= MAX_HTTP_TOKEN_CHARS or not _TOKEN68.match(value):
+        raise ConfigError(
+            f"{name} must be {MIN_HTTP_TOKEN_CHARS}-{MAX_HTTP_TOKEN_CHARS} of A-Z a-z 0-9 - . _ ~ + /; "
+            "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+    return value
+
+
 def _host(name: str, value: str) -> str:
     if not _HOST.match(value):
         raise ConfigError(f"{name}={_shown(value)} is not a host name or an IP address")
@@ -209,6 +222,14 @@ SETTINGS = (
         "localhost,127.0.0.1,[::1]",
         "Host names the dashboard and /api/* answer to, comma-separated, * for any (/metrics and probes: any)",
         _host_names,
+    ),
+    Setting(
+        "HTTP_TOKEN",
+        None,
+        f"bearer token (at least {MIN_HTTP_TOKEN_CHARS} characters) the dashboard and /api/* require; "
+        "unset: none (/metrics and probes never ask)",
+        _http_token,
+        secret=True,
     ),
     Setting(
         "LIVENESS_TIMEOUT_S",
@@ -322,6 +343,7 @@ class Config:
     metrics_port: int
     metrics_host: str
     http_allowed_hosts: tuple[str, ...]
+    http_token: str | None
     liveness_timeout_s: int
     log_format: str
     live_insights: bool

@@ -22,13 +22,19 @@ connection on purpose:
   so header floods cannot grow memory.
 The dashboard and /api/* answer only requests whose Host header names one of `allowed_hosts`
 (loopback names by default; a DNS-rebinding page in a browser sends its own name and gets 421);
-/metrics and the probes answer any Host, as Prometheus and kubelets address pods by IP. Bodies
+/metrics and the probes answer any Host, as Prometheus and kubelets address pods by IP. With a
+`token`, the dashboard and /api/* also need it, as `Authorization: Bearer <token>` (scripts) or as
+the password of HTTP Basic (a browser asks for it; any user name); else 401. /metrics and the
+probes never ask, as Prometheus and kubelets expect: they hold counts, never input data. Bodies
 never hold input data or secrets.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
+import hmac
 import logging
 import socket
 import sys
@@ -116,11 +122,12 @@ class StatusServer:
         pages: dict[str, Callable[[], Page]] | None = None,
         allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS,
         request_deadline_s: float = REQUEST_TIMEOUT_S,
+        token: str | None = None,
     ) -> None:
         self._slots = _Slots()
         self._deadlines = _Deadlines(request_deadline_s)
         probes = {"/livez": liveness, "/readyz": readiness}
-        handler = _handler(registry, probes, pages or {}, self._slots, self._deadlines, allowed_hosts)
+        handler = _handler(registry, probes, pages or {}, self._slots, self._deadlines, allowed_hosts, token)
         self._server = _Server((host, port), handler)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="status-server", daemon=True)
@@ -247,8 +254,10 @@ def _handler(
     slots: _Slots,
     deadlines: _Deadlines,
     allowed_hosts: tuple[str, ...],
+    token: str | None,
 ):
     any_host = "*" in allowed_hosts
+    expected = token.encode() if token else None
     allowed = {host.lower() for host in allowed_hosts}
 
     paths = ", ".join(["/metrics", *probes, *pages])
@@ -283,6 +292,20 @@ def _handler(
                 name = host.split(":", 1)[0]
             return any_host or name in allowed
 
+        def _authorized(self) -> bool:
+            if expected is None:
+                return True
+            scheme, _, credentials = (self.headers.get("Authorization") or "").strip().partition(" ")
+            given = credentials.strip().encode()
+            if scheme.lower() == "basic":
+                try:
+                    given = base64.b64decode(given, validate=True).partition(b":")[2]
+                except (binascii.Error, ValueError):
+                    return False
+            elif scheme.lower() != "bearer":
+                return False
+            return hmac.compare_digest(given, expected)  # in constant time: no guessing it a byte at a time
+
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
@@ -295,6 +318,13 @@ def _handler(
                 self._reply(
                     421, b"this host name is not served here: set HTTP_ALLOWED_HOSTS\n", "text/plain; charset=utf-8"
                 )
+            elif path in pages and not self._authorized():
+                self._reply(
+                    401,
+                    b"this page needs HTTP_TOKEN: Authorization: Bearer <token>, or as a browser's password\n",
+                    "text/plain; charset=utf-8",
+                    challenges=('Basic realm="login-processor", charset="UTF-8"', 'Bearer realm="login-processor"'),
+                )
             elif path in pages:
                 page = pages[path]()
                 self._reply(200, page.body, page.content_type)
@@ -304,8 +334,10 @@ def _handler(
         def do_HEAD(self) -> None:
             self.do_GET()
 
-        def _reply(self, status: int, body: bytes, content_type: str) -> None:
+        def _reply(self, status: int, body: bytes, content_type: str, challenges: tuple[str, ...] = ()) -> None:
             self.send_response(status)
+            for challenge in challenges:
+                self.send_header("WWW-Authenticate", challenge)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
@@ -340,6 +372,7 @@ def serving(
     probes: Callable[[], dict[str, ClusterProbe]],
     pages: dict[str, Callable[[], Page]] | None = None,
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS,
+    token: str | None = None,
 ) -> Iterator[StatusServer | None]:
     """Serve for the duration; with port 0, or a port already taken, nothing is served (a warning says so).
 
@@ -350,7 +383,9 @@ def serving(
         return
     watch = ClusterWatch(probes())
     try:
-        server = StatusServer(host, port, registry, liveness, lambda: readiness(watch.silent()), pages, allowed_hosts)
+        server = StatusServer(
+            host, port, registry, liveness, lambda: readiness(watch.silent()), pages, allowed_hosts, token=token
+        )
         # The same verdicts as the probes, for alerting rules (Prometheus cannot call /readyz itself).
         Gauge(f"{PREFIX}_ready", "1 while /readyz answers 200, else 0.", registry=registry).set_function(
             lambda: float(readiness(watch.silent()).ok)

@@ -277,3 +277,28 @@ def test_an_allowed_host_that_is_no_host_name_is_one_line_naming_it(value):
 def test_allowed_hosts_take_names_addresses_and_a_star():
     config = load([], "test", environ={"HTTP_ALLOWED_HOSTS": "Dash.Example, 10.0.0.5,[::1],*"})
     assert config.http_allowed_hosts == ("dash.example", "10.0.0.5", "[::1]", "*")
+
+
+GOOD_TOKEN = "Zm9vYmFyLWJhei1xdXV4LTAxMjM0NTY3ODk-_.~+/="
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["short", "a" * 31, "a" * 513, "spaces are not token " + "a" * 20, "new\nline" + "a" * 30, "é" * 40, "a=b" * 12],
+)
+def test_an_http_token_a_header_cannot_carry_or_anyone_could_guess_is_refused_without_echoing_it(token):
+    with pytest.raises(ConfigError, match="^HTTP_TOKEN must be") as error:
+        load([], "test", environ={"HTTP_TOKEN": token})
+    assert token.strip() not in str(error.value)
+
+
+def test_the_http_token_comes_from_the_environment_or_a_file_never_a_flag(tmp_path, capsys):
+    assert load([], "test", environ={"HTTP_TOKEN": GOOD_TOKEN}).http_token == GOOD_TOKEN
+    secret = tmp_path / "token"
+    secret.write_text(GOOD_TOKEN + "\n")
+    assert load([], "test", environ={"HTTP_TOKEN_FILE": str(secret)}).http_token == GOOD_TOKEN
+    assert load(["--http-token-file", str(secret)], "test", environ={}).http_token == GOOD_TOKEN
+    assert defaults().http_token is None
+    with pytest.raises(SystemExit):
+        load(["--http-token", GOOD_TOKEN], "test", environ={})
+    assert GOOD_TOKEN not in capsys.readouterr().err

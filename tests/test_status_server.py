@@ -6,6 +6,7 @@ port, and is spoken to with raw sockets where a well-behaved client would not do
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.client
 import io
@@ -390,3 +391,65 @@ def test_pages_answer_only_loopback_host_names_and_the_probes_and_metrics_any(gu
 
     assert status_of("/api/insights") == page_status
     assert status_of("/livez") == 200 and status_of("/metrics") == 200
+
+
+TOKEN = "t0ken-of-the-dashboard-at-least-32-chars"
+
+
+@pytest.fixture
+def with_token(running_pipeline):
+    from login_pipeline.status_server import Page
+
+    pipeline, _, _ = running_pipeline
+    status = StatusServer(
+        "127.0.0.1",
+        free_ports(1)[0],
+        pipeline.metrics.registry,
+        pipeline.health.liveness,
+        lambda: pipeline.health.readiness([]),
+        {"/api/insights": lambda: Page(b"{}", "application/json")},
+        token=TOKEN,
+    ).start()
+    yield status
+    status.stop()
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+@pytest.mark.parametrize(
+    "authorization, status",
+    [
+        (None, 401),
+        (f"Bearer {TOKEN}", 200),
+        (f"bearer   {TOKEN}", 200),
+        (basic("anyone", TOKEN), 200),
+        (basic("", TOKEN), 200),
+        (f"Bearer {TOKEN[:-1]}", 401),
+        (f"Bearer {TOKEN}x", 401),
+        (f"Bearer {TOKEN.upper()}", 401),
+        (basic(TOKEN, "wrong"), 401),  # the token as the user name is not the password
+        ("Basic !!!not-base64", 401),
+        (f"Token {TOKEN}", 401),
+        (TOKEN, 401),
+        ("Bearer", 401),
+        ("Bearer ", 401),
+    ],
+)
+def test_with_a_token_the_pages_need_it_and_nothing_else_does(with_token, authorization, status):
+    connection = http.client.HTTPConnection("127.0.0.1", with_token.port, timeout=10)
+    try:
+        connection.request("GET", "/api/insights", headers={"Authorization": authorization} if authorization else {})
+        response = connection.getresponse()
+        body = response.read()
+    finally:
+        connection.close()
+    assert response.status == status
+    if status == 401:
+        assert TOKEN.encode() not in body
+        assert response.getheader("WWW-Authenticate", "").startswith("Basic realm=")  # a browser asks for it
+    else:
+        assert body == b"{}"
+    # Prometheus and kubelets never send one
+    assert get(with_token.port, "/metrics")[0] == 200 and get(with_token.port, "/livez")[0] == 200
