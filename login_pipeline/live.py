@@ -37,17 +37,26 @@ from login_pipeline.alerts import Alert, AlertRules, AlertSettings
 from login_pipeline.client import Feed, FeedRecord, Publisher
 from login_pipeline.live_logins import Counted
 from login_pipeline.results import ProcessingResult
-from login_pipeline.sketches import HyperLogLog
+from login_pipeline.sketches import CappedCounts, HyperLogLog
 from login_pipeline.windows import Closed, Span, TumblingWindows, WindowSettings, WindowSummary, iso
 
 log = logging.getLogger(__name__)
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
-KEPT_WINDOWS = 120  # merged windows the view keeps (two hours of one-minute windows)
+KEPT_WINDOWS = 120  # merged windows the view keeps (two hours of one-minute windows), added up in the totals
+SHOWN_WINDOWS = 60  # the newest of them /api/insights sends: the dashboard draws the last hour
 KEPT_ALERTS = 100
 MAX_WINDOW_AHEAD_S = 600  # clocks of a group's hosts differ by less
-MAX_INSTANCES = 1_000  # processors one window is merged from
+MAX_INSTANCES = 256  # processors one window is merged from
 MAX_PARTITIONS = 10_000  # input partitions one window is merged over (Kafka's own advice stays far below)
+MAX_REASONS = 64  # distinct rejection reasons one window is merged over (the rules have a dozen)
+# Per merged window, per field (device type, locale, app version): the distinct values kept, each
+# counted exactly, the rest in `other`; and the most frequent of them the API sends. Whoever writes
+# login events could otherwise make each window hold 4,096 segments of the longest values.
+KEPT_VALUES = 64
+SHOWN_VALUES = 20
+SHOWN_NAMES = 32  # instance names and partition numbers a window lists; the counts are exact
+SHARE_FIELDS = ("device_types", "locales", "app_versions")  # in the order of a segment's values
 FEED_POLL_S = 1.0
 FEED_TIME_SHARE = 0.1  # of the time, at most, the group view's reader spends merging (FeedReader)
 FEED_BURST_S = 0.01
@@ -188,9 +197,52 @@ class LiveInsights:
 
 @dataclass
 class MergedWindow:
-    summary: WindowSummary
+    """A window as the view keeps it: the summary's counts, with its segments and partitions held
+    in bounded forms of their own."""
+
+    summary: WindowSummary  # its segments and partitions emptied: they are kept below
+    shares: tuple[CappedCounts[str], ...]  # logins by value, one per SHARE_FIELDS
+    partitions: int  # a bit per input partition
     instances: set[str]
     records: int
+
+    @classmethod
+    def first(cls, summary: WindowSummary, instance: str) -> MergedWindow:
+        merged = cls(summary, shares_of(summary), partition_bits(summary.partitions), {instance}, 1)
+        summary.segments, summary.partitions = CappedCounts(0), set()
+        return merged
+
+    def add(self, summary: WindowSummary, instance: str) -> None:
+        """Another record of the window, once it passed the view's bounds."""
+        self.partitions |= partition_bits(summary.partitions)
+        shares_of(summary, self.shares)
+        summary.segments, summary.partitions = CappedCounts(0), set()
+        self.summary.merge(summary)
+        self.instances.add(instance)
+        self.records += 1
+
+
+def shares_of(
+    summary: WindowSummary, into: tuple[CappedCounts[str], ...] | None = None
+) -> tuple[CappedCounts[str], ...]:
+    """The summary's segments counted per field, into `into` (or new counts of KEPT_VALUES each); what
+    did not fit in the summary's own segments is `other` in every field."""
+    shares = into or tuple(CappedCounts[str](KEPT_VALUES) for _ in SHARE_FIELDS)
+    for segment, count in summary.segments.counts.items():
+        for field_shares, value in zip(shares, segment):
+            field_shares.add_count(value, count)
+    for field_shares in shares:
+        field_shares.other += summary.segments.other
+        field_shares.total += summary.segments.other
+    return shares
+
+
+def partition_bits(partitions: set[int]) -> int:
+    """The partitions as bits of one integer: 10,000 partitions are 1.25 KB, not a set of 500 KB."""
+    bits = 0
+    for partition in partitions:
+        bits |= 1 << partition
+    return bits
 
 
 class GroupView:
@@ -204,7 +256,9 @@ class GroupView:
     what would pass a bound is skipped as unreadable: a window starting more than
     MAX_WINDOW_AHEAD_S after the wall clock (no processor opens one: a login stamped ahead counts
     at its processing time), which would otherwise push every real window out for good; a window
-    merged from more than MAX_INSTANCES instances, or over more than MAX_PARTITIONS partitions.
+    merged from more than MAX_INSTANCES instances, over a partition numbered MAX_PARTITIONS or more,
+    or over more than MAX_REASONS rejection reasons. A merged window holds KEPT_VALUES values a
+    field (MergedWindow), and what `windows()` answers is bounded as well (window_view).
     """
 
     def __init__(self, insights_topic: str, alerts_topic: str, wall_clock: Callable[[], float] = time.time) -> None:
@@ -242,27 +296,34 @@ class GroupView:
         merged = self._windows.get(key)
         if merged is not None and instance not in merged.instances and len(merged.instances) >= MAX_INSTANCES:
             raise ValueError("more instances than a group runs")
-        partitions = summary.partitions if merged is None else summary.partitions | merged.summary.partitions
-        if len(partitions) > MAX_PARTITIONS:
+        # A partition numbered MAX_PARTITIONS or more means more partitions than that, and no huge integer.
+        if summary.partitions and max(summary.partitions) >= MAX_PARTITIONS:
             raise ValueError("more partitions than a topic has")
-        if merged is None:
-            if len(self._windows) >= KEPT_WINDOWS:
-                oldest = min(self._windows)
-                if key < oldest:
-                    return  # older than every window kept: not shown
-                del self._windows[oldest]
-            self._windows[key] = MergedWindow(summary, {instance}, 1)
+        if merged is not None:
+            reasons = summary.rejected.keys() | merged.summary.rejected.keys()
+            if len(reasons) > MAX_REASONS:
+                raise ValueError("more rejection reasons than the rules have")
+            merged.add(summary, instance)
             return
-        merged.summary.merge(summary)
-        merged.instances.add(instance)
-        merged.records += 1
+        if len(self._windows) >= KEPT_WINDOWS:
+            oldest = min(self._windows)
+            if key < oldest:
+                return  # older than every window kept: not shown
+            del self._windows[oldest]
+        self._windows[key] = MergedWindow.first(summary, instance)
 
     def windows(self) -> list[dict[str, Any]]:
-        """Merged closed windows, newest first, as the API shows them."""
+        """The SHOWN_WINDOWS newest merged closed windows, newest first, as the API shows them."""
         with self._lock:
+            newest = sorted(self._windows.items(), reverse=True)[:SHOWN_WINDOWS]
             return [
-                {**window_view(merged.summary), "instances": sorted(merged.instances), "records": merged.records}
-                for _, merged in sorted(self._windows.items(), reverse=True)
+                {
+                    **window_view(merged.summary, merged.shares, merged.partitions),
+                    "instances": sorted(merged.instances)[:SHOWN_NAMES],
+                    "instance_count": len(merged.instances),
+                    "records": merged.records,
+                }
+                for _, merged in newest
             ]
 
     def totals(self) -> dict[str, Any]:
@@ -283,12 +344,19 @@ class GroupView:
             return list(self._alerts)
 
 
-def window_view(summary: WindowSummary) -> dict[str, Any]:
-    """A window as the API and the dashboard show it (no registers or buckets)."""
+def window_view(
+    summary: WindowSummary, shares: tuple[CappedCounts[str], ...] | None = None, partitions: int | None = None
+) -> dict[str, Any]:
+    """A window as the API and the dashboard show it (no registers or buckets), bounded in size
+    whatever the data: SHOWN_VALUES values a field and SHOWN_NAMES partitions, with exact remainders.
+    `shares` and `partitions` are a merged window's; an open window's come from its summary."""
+    shares = shares or shares_of(summary)
+    partitions = partition_bits(summary.partitions) if partitions is None else partitions
     return {
         "window_start": iso(summary.start),
         "window_size_s": summary.size_s,
-        "partitions": sorted(summary.partitions),
+        "partitions": _lowest_bits(partitions, SHOWN_NAMES),
+        "partition_count": partitions.bit_count(),
         "messages": summary.messages,
         "logins": summary.logins,
         "repaired": summary.repaired,
@@ -297,11 +365,24 @@ def window_view(summary: WindowSummary) -> dict[str, Any]:
         "too_late_events": summary.too_late_events,
         "clock_ahead_events": summary.clock_ahead_events,
         "distinct_users": summary.users.count(),
-        "device_types": summary.shares(0),
-        "locales": summary.shares(1),
-        "app_versions": summary.shares(2),
+        **{name: _top(field_shares) for name, field_shares in zip(SHARE_FIELDS, shares)},
         "event_delay_s": summary.delay.percentiles(),
     }
+
+
+def _top(shares: CappedCounts[str]) -> dict[str, Any]:
+    """The SHOWN_VALUES most frequent values; `other` counts every login not among them, exactly."""
+    shown = dict(shares.top(SHOWN_VALUES))
+    return {"counts": shown, "other": shares.other + sum(shares.counts.values()) - sum(shown.values())}
+
+
+def _lowest_bits(bits: int, n: int) -> list[int]:
+    lowest: list[int] = []
+    while bits and len(lowest) < n:
+        low = bits & -bits
+        lowest.append(low.bit_length() - 1)
+        bits ^= low
+    return lowest
 
 
 class FeedReader:

@@ -78,13 +78,6 @@ class WindowSummary:
     def end(self) -> int:
         return self.start + self.size_s
 
-    def shares(self, position: int) -> dict[str, Any]:
-        """Logins by device type (0), locale (1) or app version (2), and `other`: those that did not fit."""
-        counts: Counter[str] = Counter()
-        for segment, count in self.segments.counts.items():
-            counts[segment[position]] += count
-        return {"counts": dict(counts.most_common()), "other": self.segments.other}
-
     def merge(self, other: WindowSummary) -> None:
         """Add another summary of the same window (another process's partitions, or a later part)."""
         if (other.start, other.size_s) != (self.start, self.size_s):

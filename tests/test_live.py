@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from kafka_consumer_processor import process_message
 from login_pipeline import web
 from login_pipeline.client import FeedRecord
-from login_pipeline.live import KEPT_WINDOWS, GroupView
+from login_pipeline.live import KEPT_WINDOWS, SHOWN_WINDOWS, GroupView
 from login_pipeline.live_logins import counted
 from login_pipeline.status_server import StatusServer, Verdict
 from login_pipeline.windows import TumblingWindows, iso
@@ -143,8 +143,11 @@ def test_the_view_keeps_the_newest_windows_and_alerts_only():
     for _ in range(150):
         feeder.give("login-alerts", alert_record())
     windows = feeder.view.windows()
-    assert len(windows) == KEPT_WINDOWS
-    assert windows[-1]["window_start"] == "2024-07-10T02:05:00Z"  # the five oldest went
+    assert feeder.view.totals()["windows"] == KEPT_WINDOWS  # the five oldest went
+    assert feeder.view.totals()["messages"] == KEPT_WINDOWS
+    assert len(windows) == SHOWN_WINDOWS  # the API sends the newest hour, what the dashboard draws
+    assert windows[0]["window_start"] == iso(T0 + 60 * (KEPT_WINDOWS + 4))
+    assert windows[-1]["window_start"] == iso(T0 + 60 * (KEPT_WINDOWS + 5 - SHOWN_WINDOWS))
     assert len(feeder.view.alerts()) == 100
 
 
@@ -238,7 +241,7 @@ def test_a_window_merged_from_more_instances_than_a_group_runs_stops_growing():
     for n in range(MAX_INSTANCES + 50):
         feeder.give("login-insights", orjson.dumps({**record, "instance": f"i{n}"}))
     [window] = feeder.view.windows()
-    assert len(window["instances"]) == MAX_INSTANCES and window["logins"] == 3 * MAX_INSTANCES
+    assert window["instance_count"] == MAX_INSTANCES and window["logins"] == 3 * MAX_INSTANCES
     assert feeder.view.totals()["unreadable_records"] == 50
 
 
@@ -252,7 +255,7 @@ def test_a_window_over_more_partitions_than_a_topic_has_is_refused():
         part = list(range(n * MAX_PARTITIONS // 2, (n + 1) * MAX_PARTITIONS // 2))
         feeder.give("login-insights", orjson.dumps({**record, "instance": f"i{n}", "partitions": part}))
     [window] = feeder.view.windows()
-    assert len(window["partitions"]) == MAX_PARTITIONS and window["records"] == 2
+    assert window["partition_count"] == MAX_PARTITIONS and window["records"] == 2
     assert feeder.view.totals()["unreadable_records"] == 2
 
 
@@ -270,3 +273,58 @@ def test_an_alert_with_an_unbounded_or_loosely_matched_string_is_not_shown(field
     feeder.give("login-alerts", orjson.dumps({**orjson.loads(alert_record()), field: value}))
     feeder.give("login-alerts", alert_record())
     assert len(feeder.view.alerts()) == 1 and feeder.view.totals()["unreadable_records"] == 1
+
+
+def poisoned_window(start: int, instance: str) -> bytes:
+    """What anyone who can write login-insights can send: a valid record at every bound of the schema
+    a record of 1 MiB allows, with values no other record shares."""
+    record = orjson.loads(window_record(range(3), "x", start=start))
+    tag = instance[-8:]
+    segments = [[f"d{tag}{n:067}", f"l{tag}{n:067}", f"v{tag}{n:067}", 1] for n in range(4096)]
+    record.update(
+        window_start_ts=start,
+        window_start=iso(start),
+        instance=instance.rjust(128, "i"),
+        segments=segments,
+        segments_other=10**9,
+        partitions=list(range(0, 10_000, 7)),
+        rejected={f"{tag}{n:056}": 1 for n in range(16)},
+    )
+    value = orjson.dumps(record)
+    assert len(value) <= 1024 * 1024
+    return value
+
+
+@pytest.mark.slow  # traces every allocation of 240 records of 1 MiB
+def test_poisoned_window_records_hold_bounded_memory_and_a_bounded_answer_and_the_real_window_shows():
+    # Reproduced on a running processor: 120 such records held +220 MiB and made /api/insights 103 MiB.
+    import tracemalloc
+
+    feeder = Feeder()
+    real_start = T0 + 60 * 200
+    feeder.give("login-insights", window_record(range(30), "real", start=real_start))
+    # a second record of each window is merged into the first
+    records = [
+        poisoned_window(real_start - 60 * (n + 1), f"{n:04}{copy:04}") for n in range(KEPT_WINDOWS) for copy in (0, 1)
+    ]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for record in records:
+            feeder.give("login-insights", record)
+        del record
+        kept = tracemalloc.get_traced_memory()[0] - before
+        body = orjson.dumps(web.insights({}, feeder.view), option=orjson.OPT_INDENT_2)
+    finally:
+        tracemalloc.stop()
+    assert kept < 16 * 1024 * 1024, kept  # held by the view, after every record was merged
+    assert len(body) < 1024 * 1024, len(body)
+    windows = feeder.view.windows()
+    assert windows[0]["instances"] == ["real"] and windows[0]["logins"] == 30
+    poisoned = windows[1]
+    assert poisoned["records"] == 2 and poisoned["partition_count"] == len(range(0, 10_000, 7))
+    for name in ("device_types", "locales", "app_versions"):
+        shares = poisoned[name]
+        assert len(shares["counts"]) == 20
+        # exact: what is not shown is in `other`; every login of both records' segments is counted
+        assert sum(shares["counts"].values()) + shares["other"] == 2 * (4096 + 10**9)
