@@ -10,8 +10,9 @@ RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin processor
 WORKDIR /app
 
 # Both engines: KAFKA_CLIENT=confluent-kafka picks librdkafka (its wheel bundles it; no system packages).
-COPY requirements.txt requirements-confluent.txt ./
-RUN pip install -r requirements-confluent.txt
+# From the lock (requirements.lock, `make lock`): every package at its version, checked against its hashes.
+COPY requirements.lock ./
+RUN pip install --require-hashes --no-deps -r requirements.lock
 
 COPY kafka_consumer_processor.py .
 COPY login_pipeline/ login_pipeline/

@@ -1,5 +1,5 @@
 # The README's commands. Everything a fresh machine needs (virtualenv, packages, Kafka jars) is set up
-# by the targets themselves; the only prerequisites are Python 3.9+, Java 17+ and Maven.
+# by the targets themselves; the only prerequisites are Python 3.11 (the locks are for it), Java 17+ and Maven.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 GENERATE_ARGS ?= --rate 50
 
-.PHONY: run test test-fast lint bench kafka-up kafka-up-secure kafka-down generate clean setup
+.PHONY: run test test-fast lint bench kafka-up kafka-up-secure kafka-down generate clean setup lock
 
 run: setup
 	$(PY) -m local_kafka demo
@@ -48,7 +48,16 @@ clean: $(INSTALLED)
 setup: $(INSTALLED)
 	$(PY) -m local_kafka jars
 
-$(INSTALLED): requirements.txt requirements-confluent.txt requirements-dev.txt
+# Exactly the lock: every package, tests' and tools' too, at its version and checked against its
+# hashes; nothing is resolved at install time. `make lock` writes the locks from requirements*.txt.
+$(INSTALLED): requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-confluent.txt -r requirements-dev.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r requirements-dev.lock
 	touch $@
+
+# After changing a pin in requirements*.txt: the image's lock (runtime, both engines) and the checkout's.
+LOCK := $(PY) -m piptools compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links
+lock: $(INSTALLED)
+	$(PY) -m pip install --quiet --disable-pip-version-check pip-tools==7.6.2
+	$(LOCK) --output-file requirements.lock requirements-confluent.txt
+	$(LOCK) --output-file requirements-dev.lock requirements-confluent.txt requirements-dev.txt
