@@ -314,21 +314,17 @@ def start(cluster: Cluster, java: str, classpath: str) -> bool:
     if not (cluster.log_dirs / "meta.properties").exists():
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         users = cluster.security.format_arguments() if cluster.security else []
-        result = subprocess.run(
-            # --cluster-id=ID, not "-t ID": a random id may start with "-" and read as an option.
-            [
-                *command,
-                "kafka.tools.StorageTool",
-                "format",
-                f"--cluster-id={cluster_id}",
-                "-c",
-                str(cluster.config_file),
-                *users,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        # --cluster-id=ID, not "-t ID": a random id may start with "-" and read as an option.
+        tool = ["kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(cluster.config_file)]
+        # The SCRAM passwords go in a Java argument file (owner-only, removed after), never on the
+        # command line, where /proc/PID/cmdline shows them to every local user.
+        arguments = cluster.data_dir / "format.args"
+        arguments.touch(mode=0o600)
+        arguments.write_text("\n".join([*tool, *users]) + "\n")
+        try:
+            result = subprocess.run([*command, f"@{arguments}"], capture_output=True, text=True, timeout=120)
+        finally:
+            arguments.unlink()
         if result.returncode != 0:
             error = result.stderr.strip()[-300:]
             raise SetupError(

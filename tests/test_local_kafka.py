@@ -74,3 +74,33 @@ def test_a_java_that_does_not_say_its_version_is_named_in_one_clear_line(tmp_pat
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(brokers.SetupError, match="did not say which Java it is; Apache Kafka 4 needs Java 17"):
         brokers.java_executable()
+
+
+def test_the_scram_passwords_reach_the_storage_tool_in_an_owner_only_file_never_its_command_line(tmp_path, monkeypatch):
+    import stat
+
+    from local_kafka.secure import USERS, Security
+
+    security = Security(tmp_path / "tls")
+    security.ensure()
+    cluster = brokers.Cluster("input", 1, 2, tmp_path / "input", security=security)
+    seen = {}
+
+    def formatting(command, **kwargs):
+        [argument_file] = [argument[1:] for argument in command if argument.startswith("@")]
+        seen.update(
+            command=command,
+            mode=stat.S_IMODE(os.stat(argument_file).st_mode),
+            arguments=open(argument_file).read(),
+            file=argument_file,
+        )
+        return subprocess.CompletedProcess(command, 1, "", "stopped here by the test")
+
+    monkeypatch.setattr(brokers.subprocess, "run", formatting)
+    with pytest.raises(brokers.SetupError):
+        brokers.start(cluster, "java", "classpath")
+    passwords = [security.password(user) for user in USERS]
+    assert not [argument for argument in seen["command"] for password in passwords if password in argument]
+    assert seen["mode"] == 0o600 and all(password in seen["arguments"] for password in passwords)
+    assert "kafka.tools.StorageTool" in seen["arguments"]
+    assert not os.path.exists(seen["file"])  # removed once the tool ran
