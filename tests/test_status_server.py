@@ -453,3 +453,41 @@ def test_with_a_token_the_pages_need_it_and_nothing_else_does(with_token, author
         assert body == b"{}"
     # Prometheus and kubelets never send one
     assert get(with_token.port, "/metrics")[0] == 200 and get(with_token.port, "/livez")[0] == 200
+
+
+def test_64_connections_each_sending_6_mb_of_headers_hold_no_memory_and_livez_answers(guarded):
+    # Reproduced before the cap: 64 connections x 100 headers x 64 KiB took the server from 30 to 436 MB.
+    import tracemalloc
+
+    # Each line under http.client's 64 KiB limit, and 99 of them, under its 100 headers: the standard
+    # library alone reads all of it.
+    header = b"X-Flood: " + b"b" * 65_000 + b"\r\n"
+    outcome = []
+
+    def flood(n: int) -> None:
+        source = (f"127.0.2.{n % 7 + 1}", 0)  # seven addresses: the cap per client is not what stops it
+        with socket.create_connection(("127.0.0.1", guarded.port), timeout=10, source_address=source) as sock:
+            try:
+                sock.sendall(b"GET /livez HTTP/1.1\r\n")
+                for _ in range(99):
+                    sock.sendall(header)
+                outcome.append("sent whole")
+            except OSError:
+                outcome.append("cut")
+
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        flooders = [threading.Thread(target=flood, args=(n,), daemon=True) for n in range(MAX_CONNECTIONS)]
+        for thread in flooders:
+            thread.start()
+        status = get(guarded.port, "/livez")[0]
+        for thread in flooders:
+            thread.join(30)
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert outcome.count("cut") == MAX_CONNECTIONS  # every flood was cut off, none read to its end
+    assert peak < 16 * 1024 * 1024, peak
+    assert status == 200 and get(guarded.port, "/livez")[0] == 200
