@@ -53,6 +53,23 @@ def test_a_batch_is_counted_in_the_child_as_it_would_be_in_the_run_loop(live):
     assert after["open_windows"] == [] and after["windows_published"] == 1
 
 
+def test_batches_never_wait_on_an_http_question_that_waits_for_its_answer(live):
+    # Reproduced with one pipe: 32 callers of /api/insights and /metrics held the hand-over's lock
+    # in turn and cut the batches delivered from 216 to 116 in 4 s.
+    import threading
+
+    live.assigned({0})
+    handed_over = threading.Event()
+    with live._questions.lock:  # as an HTTP thread holds it while the child answers a question
+        thread = threading.Thread(
+            target=lambda: [live.observe(batch(), [(0, 21)], T0 + 30) for _ in range(20)] and handed_over.set(),
+            daemon=True,
+        )
+        thread.start()
+        assert handed_over.wait(20), "a batch waited for the questions' pipe"
+    assert live.snapshot()["open_windows"][0]["messages"] == 20 * 21
+
+
 def test_a_child_that_dies_stops_the_live_insights_and_nothing_else(live, caplog):
     live._child._process.kill()
     live._child._process.join()
