@@ -1,5 +1,5 @@
 # The processor, for `docker compose --profile processor up`: slim, pinned, non-root, runtime deps only.
-FROM python:3.11.7-slim-bookworm
+FROM python:3.11.16-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
