@@ -147,5 +147,6 @@ def main(config: Config, process: Process, pseudonymize: Callable[[str], str], u
         pages,
         config.http_allowed_hosts,
         config.http_token,
+        config.probe_port,
     ):
         return pipeline.run()

@@ -218,6 +218,13 @@ SETTINGS = (
     Setting("METRICS_PORT", "9400", "port of /metrics, /livez and /readyz; 0 turns them off", _port),
     Setting("METRICS_HOST", "127.0.0.1", "address they listen on (0.0.0.0 in a container)", _host),
     Setting(
+        "PROBE_PORT",
+        "0",
+        "a port of their own for /livez and /readyz as well, for the kubelet (no client of METRICS_PORT can "
+        "take its connections); 0: none",
+        _port,
+    ),
+    Setting(
         "HTTP_ALLOWED_HOSTS",
         "localhost,127.0.0.1,[::1]",
         "Host names the dashboard and /api/* answer to, comma-separated, * for any (/metrics and probes: any)",
@@ -342,6 +349,7 @@ class Config:
     ssl_cafile: str | None
     metrics_port: int
     metrics_host: str
+    probe_port: int
     http_allowed_hosts: tuple[str, ...]
     http_token: str | None
     liveness_timeout_s: int
@@ -440,6 +448,8 @@ def validate(raw: dict[str, str | None]) -> Config:
             "PII_HASH_KEY is required (REQUIRE_PII_HASH_KEY=on): set it to the key every instance shares, "
             "at least 16 bytes; generate one with: python -c 'import secrets; print(secrets.token_hex(32))'"
         )
+    if values["PROBE_PORT"] and values["PROBE_PORT"] == values["METRICS_PORT"]:
+        raise ConfigError("PROBE_PORT must differ from METRICS_PORT: it is a listener of its own")
     written = ("OUTPUT_TOPIC", "DLQ_TOPIC", "INSIGHTS_TOPIC", "ALERTS_TOPIC")
     for index, name in enumerate(written):
         for other in written[index + 1 :]:

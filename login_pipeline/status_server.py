@@ -110,7 +110,13 @@ class ClusterWatch:
 
 
 class StatusServer:
-    """The HTTP endpoints; `liveness` and `readiness` are asked on every probe and must not block."""
+    """The HTTP endpoints; `liveness` and `readiness` are asked on every probe and must not block.
+
+    With a `probe_port`, the probes are also served on a listener of their own, with its own slots
+    and nothing else on it: whoever fills the main port's slots (from as many addresses as they
+    like) cannot reach the kubelet's, where a NetworkPolicy admits no pod to it (Kubernetes lets a
+    node's own traffic, its kubelet's probes, through whatever the policy says).
+    """
 
     def __init__(
         self,
@@ -123,25 +129,65 @@ class StatusServer:
         allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS,
         request_deadline_s: float = REQUEST_TIMEOUT_S,
         token: str | None = None,
+        probe_port: int | None = None,
     ) -> None:
-        self._slots = _Slots()
-        self._deadlines = _Deadlines(request_deadline_s)
         probes = {"/livez": liveness, "/readyz": readiness}
-        handler = _handler(registry, probes, pages or {}, self._slots, self._deadlines, allowed_hosts, token)
-        self._server = _Server((host, port), handler)
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="status-server", daemon=True)
+        main = _Listener(host, port, request_deadline_s, registry, probes, pages or {}, allowed_hosts, token)
+        self._listeners = [main]
+        self.port = main.port
+        self.probe_port: int | None = None
+        if probe_port is not None:
+            try:
+                probes_only = _Listener(host, probe_port, request_deadline_s, None, probes, {}, allowed_hosts, None)
+            except OSError:
+                main.close()
+                raise
+            self._listeners.append(probes_only)
+            self.probe_port = probes_only.port
 
     def start(self) -> StatusServer:
-        self._deadlines.start()
-        self._thread.start()
+        for listener in self._listeners:
+            listener.start()
         return self
 
     def stop(self) -> None:
+        for listener in self._listeners:
+            listener.stop()
+
+
+class _Listener:
+    """One port: its server thread, its slots and its deadlines."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        request_deadline_s: float,
+        registry: CollectorRegistry | None,
+        probes: dict[str, Callable[[], Verdict]],
+        pages: dict[str, Callable[[], Page]],
+        allowed_hosts: tuple[str, ...],
+        token: str | None,
+    ) -> None:
+        self._deadlines = _Deadlines(request_deadline_s)
+        handler = _handler(registry, probes, pages, _Slots(), self._deadlines, allowed_hosts, token)
+        self._server = _Server((host, port), handler)
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name=f"http-{self.port}", daemon=True)
+
+    def start(self) -> None:
+        self._deadlines.start()
+        self._thread.start()
+
+    def stop(self) -> None:
         self._server.shutdown()
-        self._server.server_close()
+        self.close()
         self._thread.join(timeout=10)
         self._deadlines.stop()
+
+    def close(self) -> None:
+        """Its port is given back (a listener that never started needs only this)."""
+        self._server.server_close()
 
 
 class _Slots:
@@ -248,7 +294,7 @@ class _Server(ThreadingHTTPServer):
 
 
 def _handler(
-    registry: CollectorRegistry,
+    registry: CollectorRegistry | None,  # None: no /metrics (the probes' own listener)
     probes: dict[str, Callable[[], Verdict]],
     pages: dict[str, Callable[[], Page]],
     slots: _Slots,
@@ -260,7 +306,7 @@ def _handler(
     expected = token.encode() if token else None
     allowed = {host.lower() for host in allowed_hosts}
 
-    paths = ", ".join(["/metrics", *probes, *pages])
+    paths = ", ".join([*(["/metrics"] if registry is not None else []), *probes, *pages])
 
     class Handler(BaseHTTPRequestHandler):
         timeout = REQUEST_TIMEOUT_S  # the socket's: a request that does not arrive whole in time is dropped
@@ -308,7 +354,7 @@ def _handler(
 
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
-            if path == "/metrics":
+            if path == "/metrics" and registry is not None:
                 self._reply(200, generate_latest(registry), CONTENT_TYPE_LATEST)
             elif path in probes:
                 verdict = probes[path]()
@@ -373,10 +419,12 @@ def serving(
     pages: dict[str, Callable[[], Page]] | None = None,
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS,
     token: str | None = None,
+    probe_port: int = 0,
 ) -> Iterator[StatusServer | None]:
     """Serve for the duration; with port 0, or a port already taken, nothing is served (a warning says so).
 
     `readiness` is given the clusters that do not answer; `probes` makes the cluster probes, only when serving.
+    A `probe_port` other than 0 serves the probes on a listener of their own as well.
     """
     if port == 0:
         yield None
@@ -384,7 +432,15 @@ def serving(
     watch = ClusterWatch(probes())
     try:
         server = StatusServer(
-            host, port, registry, liveness, lambda: readiness(watch.silent()), pages, allowed_hosts, token=token
+            host,
+            port,
+            registry,
+            liveness,
+            lambda: readiness(watch.silent()),
+            pages,
+            allowed_hosts,
+            token=token,
+            probe_port=probe_port or None,
         )
         # The same verdicts as the probes, for alerting rules (Prometheus cannot call /readyz itself).
         Gauge(f"{PREFIX}_ready", "1 while /readyz answers 200, else 0.", registry=registry).set_function(
@@ -395,20 +451,22 @@ def serving(
         )
     except OSError as error:
         log.warning(
-            "cannot serve /metrics, /livez and /readyz on %s:%d (%s); running without them (set METRICS_PORT)",
+            "cannot serve /metrics, /livez and /readyz on %s:%s (%s); running without them (set METRICS_PORT%s)",
             host,
-            port,
+            port if not probe_port else f"{port} and {probe_port}",
             error.strerror or type(error).__name__,
+            " and PROBE_PORT" if probe_port else "",
         )
         yield None
         return
     watch.start()
     server.start()
     log.info(
-        "serving %s on http://%s:%d",
+        "serving %s on http://%s:%d%s",
         "/metrics, /livez, /readyz" + (", /api and the dashboard at /" if pages else ""),
         host,
         server.port,
+        f", and /livez, /readyz alone on port {server.probe_port}" if server.probe_port else "",
     )
     try:
         yield server

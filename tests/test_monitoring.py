@@ -31,7 +31,8 @@ COMPOSE = yaml.safe_load((PROJECT_DIR / "docker-compose.yml").read_text())
 PROMETHEUS = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
 ALERTS = yaml.safe_load((MONITORING / "alerts.yml").read_text())
 DASHBOARD = json.loads((MONITORING / "grafana/dashboards/login-processor.json").read_text())
-DEPLOYMENT = yaml.safe_load((PROJECT_DIR / "deploy/kubernetes.yaml").read_text())
+MANIFESTS = {doc["kind"]: doc for doc in yaml.safe_load_all((PROJECT_DIR / "deploy/kubernetes.yaml").read_text())}
+DEPLOYMENT = MANIFESTS["Deployment"]
 METRIC = re.compile(r"\blogin_processor_[a-z_]+\b")
 
 
@@ -155,6 +156,10 @@ def test_the_kubernetes_deployment_probes_drains_and_keeps_secrets_in_a_secret()
     assert env["METRICS_PORT"]["value"] == str(port) and env["METRICS_HOST"]["value"] == "0.0.0.0"
     assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert env["PROBE_PORT"]["value"] == str(ports["probes"]) != str(port)
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        assert container[probe]["httpGet"]["port"] == "probes"  # the listener no client of 9400 can fill
     for secret in ("PII_HASH_KEY", "SASL_PASSWORD"):
         assert "value" not in env[secret] and env[secret]["valueFrom"]["secretKeyRef"]["key"] == secret
     assert set(env) <= {setting.env for setting in SETTINGS}
@@ -167,3 +172,12 @@ def test_the_kubernetes_deployment_probes_drains_and_keeps_secrets_in_a_secret()
 
 def test_a_misspelt_metric_in_an_expression_would_be_caught(exposed):
     assert set(METRIC.findall("sum(rate(login_processor_messages_consumd_total[1m]))")) - exposed
+
+
+def test_the_network_policy_admits_prometheus_to_the_metrics_port_and_no_pod_to_the_probes():
+    policy = MANIFESTS["NetworkPolicy"]
+    assert policy["spec"]["podSelector"]["matchLabels"] == DEPLOYMENT["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = policy["spec"]["ingress"]
+    assert [port["port"] for port in rule["ports"]] == [9400]
+    assert all(source.get("podSelector", {}).get("matchLabels") for source in rule["from"])  # not every pod

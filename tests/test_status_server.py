@@ -355,6 +355,39 @@ def test_one_address_reconnecting_as_fast_as_it_can_never_crowds_out_the_probes(
     assert answers and set(answers) == {200}, answers
 
 
+def test_the_probes_own_port_answers_while_many_addresses_hold_every_slot_of_the_main_one(running_pipeline):
+    # Eight connections an address: sixteen addresses take all 64 slots of METRICS_PORT, and /livez
+    # there answers 503. The kubelet asks PROBE_PORT, which no such client reaches.
+    pipeline, _, _ = running_pipeline
+    main_port, probe_port = free_ports(2)
+    status = StatusServer(
+        "127.0.0.1",
+        main_port,
+        pipeline.metrics.registry,
+        pipeline.health.liveness,
+        lambda: pipeline.health.readiness([]),
+        request_deadline_s=60,
+        probe_port=probe_port,
+    ).start()
+    held = []
+    try:
+        for n in range(MAX_CONNECTIONS):
+            sock = socket.create_connection(
+                ("127.0.0.1", main_port), timeout=10, source_address=(f"127.0.3.{n // 4 + 1}", 0)
+            )
+            sock.sendall(b"GET /livez HTTP/1.1\r\nX-Slow: ")
+            held.append(sock)
+        time.sleep(0.3)
+        assert get(main_port, "/livez")[0] == 503  # every slot of the main port is taken
+        assert [get(probe_port, path)[0] for path in ("/livez", "/readyz")] == [200, 200]
+        assert get(probe_port, "/metrics")[0] == 404  # the probes, and nothing else
+        assert get(probe_port, "/")[0] == 404
+    finally:
+        for sock in held:
+            sock.close()
+        status.stop()
+
+
 def test_a_header_flood_is_dropped_unanswered_and_the_server_goes_on(guarded):
     with socket.create_connection(("127.0.0.1", guarded.port), timeout=10) as sock:
         with contextlib.suppress(OSError):
