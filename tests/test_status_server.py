@@ -231,23 +231,32 @@ def test_port_0_serves_nothing_and_probes_no_cluster():
 # -- Hostile clients: held connections, floods, another site's name ---------------------------------
 
 
-@pytest.fixture
-def guarded(running_pipeline):
-    """A server with a page, a 1 s request deadline, and the default Host allowlist."""
+@contextlib.contextmanager
+def serving_a_page(running_pipeline, port: int | None = None, **options):
+    """A started server of the running pipeline's probes and metrics and one page, `/api/insights`."""
     from login_pipeline.status_server import Page
 
     pipeline, _, _ = running_pipeline
     status = StatusServer(
         "127.0.0.1",
-        free_ports(1)[0],
+        port or free_ports(1)[0],
         pipeline.metrics.registry,
         pipeline.health.liveness,
         lambda: pipeline.health.readiness([]),
         {"/api/insights": lambda: Page(b"{}", "application/json")},
-        request_deadline_s=1.0,
+        **options,
     ).start()
-    yield status
-    status.stop()
+    try:
+        yield status
+    finally:
+        status.stop()
+
+
+@pytest.fixture
+def guarded(running_pipeline):
+    """A server with a page, a 1 s request deadline, and the default Host allowlist."""
+    with serving_a_page(running_pipeline, request_deadline_s=1.0) as status:
+        yield status
 
 
 def closed_within(sock: socket.socket, seconds: float, drip: bytes = b"") -> float | None:
@@ -356,36 +365,24 @@ def test_one_address_reconnecting_as_fast_as_it_can_never_crowds_out_the_probes(
 
 
 def test_the_probes_own_port_answers_while_many_addresses_hold_every_slot_of_the_main_one(running_pipeline):
-    # Eight connections an address: sixteen addresses take all 64 slots of METRICS_PORT, and /livez
+    # Four connections from each of sixteen addresses take all 64 slots of METRICS_PORT, and /livez
     # there answers 503. The kubelet asks PROBE_PORT, which no such client reaches.
-    pipeline, _, _ = running_pipeline
     main_port, probe_port = free_ports(2)
-    status = StatusServer(
-        "127.0.0.1",
-        main_port,
-        pipeline.metrics.registry,
-        pipeline.health.liveness,
-        lambda: pipeline.health.readiness([]),
-        request_deadline_s=60,
-        probe_port=probe_port,
-    ).start()
-    held = []
-    try:
-        for n in range(MAX_CONNECTIONS):
-            sock = socket.create_connection(
-                ("127.0.0.1", main_port), timeout=10, source_address=(f"127.0.3.{n // 4 + 1}", 0)
-            )
-            sock.sendall(b"GET /livez HTTP/1.1\r\nX-Slow: ")
-            held.append(sock)
-        time.sleep(0.3)
-        assert get(main_port, "/livez")[0] == 503  # every slot of the main port is taken
-        assert [get(probe_port, path)[0] for path in ("/livez", "/readyz")] == [200, 200]
-        assert get(probe_port, "/metrics")[0] == 404  # the probes, and nothing else
-        assert get(probe_port, "/")[0] == 404
-    finally:
-        for sock in held:
-            sock.close()
-        status.stop()
+    held: list[socket.socket] = []
+    with serving_a_page(running_pipeline, main_port, request_deadline_s=60, probe_port=probe_port):
+        try:
+            for n in range(MAX_CONNECTIONS):
+                source = (f"127.0.3.{n // 4 + 1}", 0)
+                held.append(socket.create_connection(("127.0.0.1", main_port), timeout=10, source_address=source))
+                held[-1].sendall(b"GET /livez HTTP/1.1\r\nX-Slow: ")
+            time.sleep(0.3)
+            assert get(main_port, "/livez")[0] == 503  # every slot of the main port is taken
+            assert [get(probe_port, path)[0] for path in ("/livez", "/readyz")] == [200, 200]
+            assert get(probe_port, "/metrics")[0] == 404  # the probes, and nothing else
+            assert get(probe_port, "/api/insights")[0] == 404
+        finally:
+            for sock in held:
+                sock.close()
 
 
 def test_a_header_flood_is_dropped_unanswered_and_the_server_goes_on(guarded):
@@ -431,20 +428,8 @@ TOKEN = "t0ken-of-the-dashboard-at-least-32-chars"
 
 @pytest.fixture
 def with_token(running_pipeline):
-    from login_pipeline.status_server import Page
-
-    pipeline, _, _ = running_pipeline
-    status = StatusServer(
-        "127.0.0.1",
-        free_ports(1)[0],
-        pipeline.metrics.registry,
-        pipeline.health.liveness,
-        lambda: pipeline.health.readiness([]),
-        {"/api/insights": lambda: Page(b"{}", "application/json")},
-        token=TOKEN,
-    ).start()
-    yield status
-    status.stop()
+    with serving_a_page(running_pipeline, token=TOKEN) as status:
+        yield status
 
 
 def basic(user: str, password: str) -> str:
