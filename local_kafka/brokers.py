@@ -156,6 +156,10 @@ class Pair:
 
 INPUT_TOPIC, OUTPUT_TOPIC, DLQ_TOPIC, GROUP = "user-login", "processed-logins", "user-login-dlq", "login-processor"
 INSIGHTS_TOPIC, ALERTS_TOPIC = "login-insights", "login-alerts"
+# Dead letters wait for someone to fix a rule and replay them: a week covers a weekend and a release.
+# No longer, as they hold the input's raw key and value (personal data) until they are sealed.
+DLQ_RETENTION_MS = 7 * 24 * 3600 * 1000
+TOPIC_CONFIGS = {DLQ_TOPIC: {"retention.ms": str(DLQ_RETENTION_MS)}}
 SECURE_DIR = DATA_DIR / "tls"
 
 
@@ -371,7 +375,7 @@ def ensure_topics(cluster: Cluster) -> None:
         existing = set(admin.list_topics())
     for name, partitions in cluster.topics.items():
         if name not in existing:
-            create_topics(cluster, partitions, name)
+            create_topics(cluster, partitions, name, configs=TOPIC_CONFIGS.get(name))
     if cluster.grants:
         grant(cluster, *cluster.grants)
 

@@ -8,7 +8,7 @@ import jsonschema
 import pytest
 import yaml
 
-from local_kafka.brokers import PROJECT_DIR
+from local_kafka.brokers import DLQ_RETENTION_MS, PROJECT_DIR
 from login_pipeline.config import SETTINGS
 
 COMPOSE = yaml.safe_load((PROJECT_DIR / "docker-compose.yml").read_text())
@@ -92,11 +92,14 @@ def test_topic_init_creates_every_topic_on_the_right_cluster():
     found = set(
         re.findall(
             r"kafka-topics --bootstrap-server ([\w-]+):9092 --create --if-not-exists --topic ([\w-]+) "
-            r"--partitions (\d) --replication-factor 1",
+            r"--partitions (\d) --replication-factor 1\b",
             script,
         )
     )
     assert found == expected
+    # The dead letters hold raw personal data: kept a week, as the launcher keeps them (local_kafka.brokers).
+    [dlq_line] = [line for line in script.splitlines() if "--topic user-login-dlq" in line]
+    assert dlq_line.endswith(f" --config retention.ms={DLQ_RETENTION_MS}")
     assert len(script.strip().splitlines()) == len(expected)
     assert SERVICES["topic-init"]["entrypoint"] == ["bash", "-euc"]  # one failing command fails the service
 

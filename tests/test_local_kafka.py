@@ -15,6 +15,17 @@ def test_both_clusters_answer_and_hold_their_topics_with_three_partitions(kafka)
     assert partition_counts(kafka.output).items() >= {"processed-logins": 3, "user-login-dlq": 3}.items()
 
 
+def test_the_dead_letter_topic_keeps_a_week_and_no_longer(kafka):
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    from local_kafka.brokers import DLQ_RETENTION_MS, DLQ_TOPIC, _admin
+
+    with _admin(kafka.output, timeout_ms=10000) as admin:
+        described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, DLQ_TOPIC)])
+    [configs] = [topics[DLQ_TOPIC] for topics in described.values()]
+    assert configs["retention.ms"]["value"] == str(DLQ_RETENTION_MS) == str(7 * 24 * 3600 * 1000)
+
+
 def test_the_clusters_are_independent(kafka):
     assert "processed-logins" not in partition_counts(kafka.input)
     assert "user-login" not in partition_counts(kafka.output)
