@@ -64,7 +64,7 @@ def assemble(
     revoke_settle_s: float = REVOKE_SETTLE_S,
 ) -> Pipeline:
     running = RunningInsights(config.insights_every, out)
-    metrics = PipelineMetrics(build_info(config), running.insights, clock, live)
+    metrics = PipelineMetrics(build_info(config), lambda: running.published, clock, live)
     health = Health(config.liveness_timeout_s, output.alive, lambda: stop.requested, monotonic)
     listeners: list[Observer] = [metrics, running, health]
     if live is not None:

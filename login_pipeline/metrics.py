@@ -70,7 +70,7 @@ class PipelineMetrics(Observer):
     def __init__(
         self,
         build: BuildInfo,
-        insights: Insights,
+        insights: Callable[[], Insights],  # the newest reading the run loop published
         clock: Callable[[], float] = time.time,
         live: Optional[Live] = None,
     ) -> None:
@@ -152,7 +152,7 @@ class PipelineMetrics(Observer):
             registry.register(_LiveCollector(live))
 
     def _event_time_lag(self) -> float:
-        newest = self._insights.newest_login_ts
+        newest = self._insights().newest_login_ts
         return math.nan if newest is None else self._clock() - newest
 
     # What the run loop tells (login_pipeline.events), counted per batch, never per record.
@@ -209,12 +209,12 @@ class PipelineMetrics(Observer):
 class _InsightsCollector(Collector):
     """Outcomes, dead letters and event delay, read from the insights at scrape time."""
 
-    def __init__(self, insights: Insights) -> None:
+    def __init__(self, insights: Callable[[], Insights]) -> None:
         self._insights = insights
 
     def collect(self) -> Iterator[Metric]:
-        with self._insights.lock:  # whole batches only: every figure of one scrape agrees with the others
-            yield from self._read(self._insights)
+        # One published reading: whole batches only, so every figure of a scrape agrees with the others.
+        yield from self._read(self._insights())
 
     @staticmethod
     def _read(insights: Insights) -> list[Metric]:

@@ -16,7 +16,8 @@ from login_pipeline.insights import Insights
 
 class RunningInsights(Observer):
     def __init__(self, every: int, out: TextIO = sys.stdout) -> None:
-        self.insights = Insights()
+        self.insights = Insights()  # the run loop's own: only its thread reads or changes it
+        self.published = self.insights.reading()  # what other threads read, replaced after each batch
         self._every = every
         self._out = out
         self._blocks_printed = 0
@@ -24,8 +25,8 @@ class RunningInsights(Observer):
 
     def delivered(self, event: Delivered) -> None:
         # A message is counted once, when its batch is delivered, however often it was retried.
-        with self.insights.lock:
-            self.insights.observe(event.batch.results)
+        self.insights.observe(event.batch.results)
+        self.published = self.insights.reading()  # one reference, swapped whole: readers need no lock
 
     def turn_ended(self, event: TurnEnded) -> None:
         self.last_lag = _total(event.lags)
@@ -39,8 +40,7 @@ class RunningInsights(Observer):
 
     def snapshot(self) -> dict[str, Any]:
         """Running totals, for /api/insights. Called from HTTP threads."""
-        with self.insights.lock:
-            return self.insights.snapshot(self.last_lag)
+        return self.published.snapshot(self.last_lag)
 
     def _print(self, title: str) -> None:
         print(self.insights.render(self.last_lag, title=title), file=self._out, flush=True)

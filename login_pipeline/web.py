@@ -2,8 +2,8 @@
 
 Both API answers are JSON documents built at request time from thread-safe readers: the group's
 merged closed windows and alerts (login_pipeline.live.GroupView, asked of the live insights'
-process) and this instance's running totals and open windows, read under the insights' lock so
-they hold whole batches. The dashboard is one
+process) and this instance's running totals (the reading the run loop published after its last
+batch: whole batches, and no lock the run loop would wait on) and open windows. The dashboard is one
 static page (login_pipeline/dashboard/: HTML, script, style; no third-party code, nothing fetched
 from elsewhere) that polls the two API paths; every value from the data reaches it as text, never as markup.
 """

@@ -44,7 +44,7 @@ def exposed() -> set[str]:
     insights.observe([Rejection(MALFORMED_JSON, None, "not JSON")])
     config = load([], "test", environ={})
     live = LiveInsights(live_settings(config), FakePublisher(), str)
-    metrics = PipelineMetrics(build_info(config), insights, live=live)
+    metrics = PipelineMetrics(build_info(config), insights.reading, live=live)
     for topic in ("output", "dlq"):
         metrics.produced.labels(topic).inc()
         metrics.acknowledged.labels(topic).inc()
