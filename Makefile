@@ -52,7 +52,7 @@ setup: $(INSTALLED)
 # hashes; nothing is resolved at install time. `make lock` writes the locks from requirements*.txt.
 $(INSTALLED): requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r requirements-dev.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-cache-dir --require-hashes --no-deps -r requirements-dev.lock
 	touch $@
 
 # After changing a pin in requirements*.txt: the image's lock (runtime, both engines) and the checkout's.

@@ -44,6 +44,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 PROJECT_DIR = PACKAGE_DIR.parent
 STATE_DIR = PROJECT_DIR / ".local"
 LIBS_DIR = STATE_DIR / "kafka-libs"
+MAVEN_REPOSITORY = STATE_DIR / "maven"  # what Maven downloads to resolve LIBS_DIR
 DATA_DIR = STATE_DIR / "kafka"
 POM = PACKAGE_DIR / "pom.xml"
 
@@ -265,6 +266,8 @@ def _resolve_with_maven(digest: str) -> None:
             "dependency:copy-dependencies",
             f"-DoutputDirectory={staging}",
             "-DincludeScope=runtime",
+            # Maven's downloads stay in the checkout too, not in ~/.m2: make test writes nothing outside it.
+            f"-Dmaven.repo.local={MAVEN_REPOSITORY}",
         ],
         capture_output=True,
         text=True,

@@ -65,7 +65,7 @@ def test_the_image_installs_the_runtime_lock_checked_against_its_hashes_and_noth
 
 def test_make_setup_installs_the_dev_lock_checked_against_its_hashes():
     makefile = (ROOT / "Makefile").read_text()
-    assert "--require-hashes --no-deps -r requirements-dev.lock" in makefile
+    assert "--no-cache-dir --require-hashes --no-deps -r requirements-dev.lock" in makefile  # no ~/.cache/pip
     assert not re.search(r"pip install[^\n]*-r requirements[a-z-]*\.txt", makefile)
 
 

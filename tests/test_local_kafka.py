@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -115,3 +116,21 @@ def test_the_scram_passwords_reach_the_storage_tool_in_an_owner_only_file_never_
     assert seen["mode"] == 0o600 and all(password in seen["arguments"] for password in passwords)
     assert "kafka.tools.StorageTool" in seen["arguments"]
     assert not os.path.exists(seen["file"])  # removed once the tool ran
+
+
+def test_maven_keeps_its_downloads_in_the_checkout_not_the_home_directory(tmp_path, monkeypatch):
+    commands = []
+
+    def maven(command, **kwargs):
+        commands.append(command)
+        return subprocess.CompletedProcess(command, 1, "", "[ERROR] stopped here by the test")
+
+    monkeypatch.setattr(brokers.subprocess, "run", maven)
+    monkeypatch.setattr(brokers, "java_executable", lambda: "java")
+    monkeypatch.setattr(brokers.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(brokers, "LIBS_DIR", tmp_path / "kafka-libs")
+    with pytest.raises(brokers.SetupError, match="stopped here by the test"):
+        brokers._resolve_with_maven("digest")
+    [command] = commands
+    [repository] = [argument.split("=", 1)[1] for argument in command if argument.startswith("-Dmaven.repo.local=")]
+    assert Path(repository).is_relative_to(brokers.PROJECT_DIR)
