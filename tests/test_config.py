@@ -302,3 +302,14 @@ def test_the_http_token_comes_from_the_environment_or_a_file_never_a_flag(tmp_pa
     with pytest.raises(SystemExit):
         load(["--http-token", GOOD_TOKEN], "test", environ={})
     assert GOOD_TOKEN not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["9400", "-1", "65536", "９４０１", "0x24d1", "9401.0"])
+def test_a_probe_port_that_is_the_metrics_port_or_no_port_is_refused_in_one_line(value):
+    with pytest.raises(ConfigError, match="^PROBE_PORT"):
+        load([], "test", environ={"METRICS_PORT": "9400", "PROBE_PORT": value})
+
+
+def test_the_probe_port_is_off_unless_set():
+    assert defaults().probe_port == 0
+    assert load([], "test", environ={"PROBE_PORT": " 9401 "}).probe_port == 9401
