@@ -453,6 +453,8 @@ def basic(user: str, password: str) -> str:
         (TOKEN, 401),
         ("Bearer", 401),
         ("Bearer ", 401),
+        ("Bearer \xff\xfe" + TOKEN, 401),  # latin-1 bytes, as any header may carry
+        ("Basic " + base64.b64encode(b"\xff:" + TOKEN.encode() + b"\x00").decode(), 401),
     ],
 )
 def test_with_a_token_the_pages_need_it_and_nothing_else_does(with_token, authorization, status):
