@@ -19,6 +19,7 @@ from login_pipeline.sketches import CappedCounts, HyperLogLog, LogHistogram, Min
 from login_pipeline.windows import iso
 
 TOP_N = 5
+SHOWN_VALUES = 20  # values a field /api/insights sends, the most frequent; `other` counts the rest
 SHOWN_CHARS = 24  # an input value is cut to this many characters on the terminal
 
 
@@ -93,9 +94,9 @@ class Insights:
             "consumer_lag": lag,
             "distinct_users": self._users.count(),
             "distinct_users_standard_error": HyperLogLog.STANDARD_ERROR,
-            "device_types": _counted(self._device_types),
-            "locales": _counted(self._locales),
-            "app_versions": _counted(self._app_versions),
+            "device_types": self._device_types.shown(SHOWN_VALUES),
+            "locales": self._locales.shown(SHOWN_VALUES),
+            "app_versions": self._app_versions.shown(SHOWN_VALUES),
             "logins_per_minute": [[iso(minute), count] for minute, count in self._per_minute.newest(10)],
             "event_delay_s": self.delay.percentiles(),
         }
@@ -139,12 +140,6 @@ def _copied(thing: Any) -> Any:
         if isinstance(value, (dict, list, bytearray, set)):
             setattr(twin, name, value.copy())
     return twin
-
-
-def _counted(counts: CappedCounts[str]) -> dict[str, Any]:
-    """The 20 largest counts, and `other`: the rest (a separate field: "other" may be a real value)."""
-    top = dict(counts.top(20))
-    return {"counts": top, "other": counts.total - sum(top.values())}
 
 
 def _top(counts: CappedCounts[str]) -> str:

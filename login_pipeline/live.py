@@ -35,6 +35,7 @@ import orjson
 from login_pipeline import live_logins
 from login_pipeline.alerts import Alert, AlertRules, AlertSettings
 from login_pipeline.client import Feed, FeedRecord, Publisher
+from login_pipeline.insights import SHOWN_VALUES
 from login_pipeline.live_logins import Counted
 from login_pipeline.results import ProcessingResult
 from login_pipeline.sketches import CappedCounts, HyperLogLog
@@ -51,10 +52,9 @@ MAX_INSTANCES = 256  # processors one window is merged from
 MAX_PARTITIONS = 10_000  # input partitions one window is merged over (Kafka's own advice stays far below)
 MAX_REASONS = 64  # distinct rejection reasons one window is merged over (the rules have a dozen)
 # Per merged window, per field (device type, locale, app version): the distinct values kept, each
-# counted exactly, the rest in `other`; and the most frequent of them the API sends. Whoever writes
-# login events could otherwise make each window hold 4,096 segments of the longest values.
-KEPT_VALUES = 64
-SHOWN_VALUES = 20
+# counted exactly, the rest in `other`. Whoever writes login events could otherwise make each
+# window hold 4,096 segments of the longest values.
+KEPT_VALUES = 64  # and the API sends the insights' SHOWN_VALUES most frequent of them
 SHOWN_NAMES = 32  # instance names and partition numbers a window lists; the counts are exact
 SHARE_FIELDS = ("device_types", "locales", "app_versions")  # in the order of a segment's values
 FEED_POLL_S = 1.0
@@ -365,15 +365,9 @@ def window_view(
         "too_late_events": summary.too_late_events,
         "clock_ahead_events": summary.clock_ahead_events,
         "distinct_users": summary.users.count(),
-        **{name: _top(field_shares) for name, field_shares in zip(SHARE_FIELDS, shares)},
+        **{name: field_shares.shown(SHOWN_VALUES) for name, field_shares in zip(SHARE_FIELDS, shares)},
         "event_delay_s": summary.delay.percentiles(),
     }
-
-
-def _top(shares: CappedCounts[str]) -> dict[str, Any]:
-    """The SHOWN_VALUES most frequent values; `other` counts every login not among them, exactly."""
-    shown = dict(shares.top(SHOWN_VALUES))
-    return {"counts": shown, "other": shares.other + sum(shares.counts.values()) - sum(shown.values())}
 
 
 def _lowest_bits(bits: int, n: int) -> list[int]:

@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Hashable, Iterable
 from functools import lru_cache
 from hashlib import blake2b
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 Value = TypeVar("Value", bound=Hashable)
 PERCENTILES = (0.5, 0.95, 0.99)
@@ -122,6 +122,12 @@ class CappedCounts(Generic[Value]):
     def top(self, n: int) -> list[tuple[Value, int]]:
         """The n largest exact counts, largest first (ties by value)."""
         return sorted(self.counts.items(), key=lambda pair: (-pair[1], pair[0]))[:n]
+
+    def shown(self, n: int) -> dict[str, Any]:
+        """The n largest counts, and `other`: every count not among them, exactly (a field of its own:
+        "other" may be a real value)."""
+        top = dict(self.top(n))
+        return {"counts": top, "other": self.total - sum(top.values())}
 
 
 class LogHistogram:
