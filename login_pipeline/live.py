@@ -208,16 +208,20 @@ class MergedWindow:
 
     @classmethod
     def first(cls, summary: WindowSummary, instance: str) -> MergedWindow:
-        merged = cls(summary, shares_of(summary), partition_bits(summary.partitions), {instance}, 1)
-        summary.segments, summary.partitions = CappedCounts(0), set()
+        merged = cls(summary, _no_shares(), 0, set(), 0)
+        merged._take(summary, instance)
         return merged
 
     def add(self, summary: WindowSummary, instance: str) -> None:
         """Another record of the window, once it passed the view's bounds."""
+        self._take(summary, instance)
+        self.summary.merge(summary)
+
+    def _take(self, summary: WindowSummary, instance: str) -> None:
+        """The record's segments and partitions into their bounded forms, out of its summary."""
         self.partitions |= partition_bits(summary.partitions)
         shares_of(summary, self.shares)
         summary.segments, summary.partitions = CappedCounts(0), set()
-        self.summary.merge(summary)
         self.instances.add(instance)
         self.records += 1
 
@@ -227,7 +231,7 @@ def shares_of(
 ) -> tuple[CappedCounts[str], ...]:
     """The summary's segments counted per field, into `into` (or new counts of KEPT_VALUES each); what
     did not fit in the summary's own segments is `other` in every field."""
-    shares = into or tuple(CappedCounts[str](KEPT_VALUES) for _ in SHARE_FIELDS)
+    shares = into or _no_shares()
     for segment, count in summary.segments.counts.items():
         for field_shares, value in zip(shares, segment):
             field_shares.add_count(value, count)
@@ -235,6 +239,10 @@ def shares_of(
         field_shares.other += summary.segments.other
         field_shares.total += summary.segments.other
     return shares
+
+
+def _no_shares() -> tuple[CappedCounts[str], ...]:
+    return tuple(CappedCounts[str](KEPT_VALUES) for _ in SHARE_FIELDS)
 
 
 def partition_bits(partitions: set[int]) -> int:
