@@ -60,6 +60,7 @@ MAX_CONNECTIONS = 64
 MAX_CONNECTIONS_PER_CLIENT = MAX_CONNECTIONS // 8
 MAX_REQUEST_BYTES = 8 * 1024  # request line and headers: a browser's are under 2 KiB
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+TEXT = "text/plain; charset=utf-8"
 
 ClusterProbe = Callable[[], bool]  # one bounded request to a cluster: True when it answered
 
@@ -359,23 +360,21 @@ def _handler(
             elif path in probes:
                 verdict = probes[path]()
                 body = "ok\n" if verdict.ok else "".join(f"{reason}\n" for reason in verdict.reasons)
-                self._reply(200 if verdict.ok else 503, body.encode(), "text/plain; charset=utf-8")
+                self._reply(200 if verdict.ok else 503, body.encode(), TEXT)
             elif path in pages and not self._host_allowed():
-                self._reply(
-                    421, b"this host name is not served here: set HTTP_ALLOWED_HOSTS\n", "text/plain; charset=utf-8"
-                )
+                self._reply(421, b"this host name is not served here: set HTTP_ALLOWED_HOSTS\n", TEXT)
             elif path in pages and not self._authorized():
                 self._reply(
                     401,
                     b"this page needs HTTP_TOKEN: Authorization: Bearer <token>, or as a browser's password\n",
-                    "text/plain; charset=utf-8",
+                    TEXT,
                     challenges=('Basic realm="login-processor", charset="UTF-8"', 'Bearer realm="login-processor"'),
                 )
             elif path in pages:
                 page = pages[path]()
                 self._reply(200, page.body, page.content_type)
             else:
-                self._reply(404, f"not found: try {paths}\n".encode(), "text/plain; charset=utf-8")
+                self._reply(404, f"not found: try {paths}\n".encode(), TEXT)
 
         def do_HEAD(self) -> None:
             self.do_GET()
@@ -398,13 +397,13 @@ def _handler(
         def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
             # The standard page echoes parts of the request; a bare status line says enough.
             with contextlib.suppress(OSError):
-                self._reply(code, b"", "text/plain; charset=utf-8")
+                self._reply(code, b"", TEXT)
 
         def log_message(self, format: str, *args: object) -> None:
             pass  # scrapes every few seconds would drown the operational log
 
     for method in ("POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"):
-        setattr(Handler, f"do_{method}", lambda self: self._reply(405, b"", "text/plain; charset=utf-8"))
+        setattr(Handler, f"do_{method}", lambda self: self._reply(405, b"", TEXT))
     return Handler
 
 
