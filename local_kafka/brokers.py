@@ -326,6 +326,7 @@ def start(cluster: Cluster, java: str, classpath: str) -> bool:
         # The SCRAM passwords go in a Java argument file (owner-only, removed after), never on the
         # command line, where /proc/PID/cmdline shows them to every local user.
         arguments = cluster.data_dir / "format.args"
+        arguments.unlink(missing_ok=True)  # a file left by a killed run keeps its mode: make a new one
         arguments.touch(mode=0o600)
         arguments.write_text("\n".join([*tool, *users]) + "\n")
         try:
